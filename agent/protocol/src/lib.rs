@@ -1,0 +1,389 @@
+//! The runtime <-> agent protocol, shared by `husk` (host) and `husk-agent` (guest).
+//!
+//! Wire format: every message is a frame, a big-endian `u32` length followed by that many
+//! bytes of JSON. A frame longer than [`MAX_FRAME_SIZE`] is refused before it is read, so
+//! a misbehaving peer cannot make the other side allocate without bound.
+//!
+//! The control connection (host connects to the agent on [`AGENT_CONTROL_PORT`]) starts
+//! with a [`Request::Hello`] / [`Response::Hello`] version handshake; after that each
+//! [`Envelope`] carries a request id that its response repeats, so requests may be answered
+//! out of order (a `Wait` can stay pending while other requests are served).
+//!
+//! Process stdio does not travel on the control connection: for each piped stream the agent
+//! opens a vsock connection to the host on [`StdioSpec::port`], sends one
+//! [`StreamHello`] frame naming the exec and the stream, and after that the connection is
+//! the raw byte stream itself (the process's fd is the socket).
+#![warn(missing_docs)]
+
+use std::io::{self, Read, Write};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Protocol version; both sides refuse a peer whose version differs.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame either side accepts (1 MiB).
+pub const MAX_FRAME_SIZE: u32 = 1 << 20;
+/// vsock port the agent listens on for the control connection.
+pub const AGENT_CONTROL_PORT: u32 = 1024;
+/// vsock CID of the host, as seen from the guest.
+pub const HOST_CID: u32 = 2;
+
+/// Errors of framing and decoding.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The peer announced a frame larger than [`MAX_FRAME_SIZE`].
+    #[error("frame of {0} bytes exceeds the maximum of {MAX_FRAME_SIZE}")]
+    FrameTooLarge(u32),
+    /// The connection ended in the middle of a frame.
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    /// The connection ended cleanly between frames.
+    #[error("connection closed")]
+    Closed,
+    /// The frame was not valid JSON for the expected message type.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// The peer speaks another protocol version.
+    #[error("protocol version mismatch: ours {ours}, peer {peer}")]
+    VersionMismatch {
+        /// Our version.
+        ours: u32,
+        /// The peer's version.
+        peer: u32,
+    },
+    /// An I/O error on the connection.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Result alias for protocol operations.
+pub type Result<T> = std::result::Result<T, ProtocolError>;
+
+/// Serializes `msg` and writes it as one frame.
+pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<()> {
+    let body = serde_json::to_vec(msg)?;
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|&l| l <= MAX_FRAME_SIZE)
+        .ok_or(ProtocolError::FrameTooLarge(
+            u32::try_from(body.len()).unwrap_or(u32::MAX),
+        ))?;
+    // One buffer, one write: a frame is never interleaved with another writer's bytes as
+    // long as writers hold the connection's lock for the call.
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one frame and decodes it as `T`.
+pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<T> {
+    let mut len_buf = [0u8; 4];
+    read_exact_or(r, &mut len_buf, true)?;
+    let len = u32::from_be_bytes(len_buf);
+    if len > MAX_FRAME_SIZE {
+        return Err(ProtocolError::FrameTooLarge(len));
+    }
+    let mut body = vec![0u8; len as usize];
+    read_exact_or(r, &mut body, false)?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+fn read_exact_or<R: Read>(r: &mut R, buf: &mut [u8], at_boundary: bool) -> Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) if filled == 0 && at_boundary => return Err(ProtocolError::Closed),
+            Ok(0) => return Err(ProtocolError::Truncated),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// A request or response with the id that ties them together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Chosen by the requester; the response carries the same id.
+    pub id: u64,
+    /// The message itself.
+    pub body: T,
+}
+
+/// Requests the host sends to the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// First message on a control connection.
+    Hello {
+        /// The host's [`PROTOCOL_VERSION`].
+        version: u32,
+    },
+    /// Start a process in the guest.
+    Exec(ExecRequest),
+    /// Wait for a process started by `Exec` to end.
+    Wait {
+        /// The exec id given in [`ExecRequest::exec_id`].
+        exec_id: String,
+    },
+    /// Send a signal to a process started by `Exec`.
+    Signal {
+        /// The exec id given in [`ExecRequest::exec_id`].
+        exec_id: String,
+        /// Signal number.
+        signal: i32,
+    },
+    /// Flush filesystems and power the guest off. Answered before the guest goes down.
+    Shutdown,
+}
+
+/// What to run and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Unique among the execs of this guest.
+    pub exec_id: String,
+    /// Program and arguments; `argv[0]` is looked up in `PATH` when it has no `/`.
+    pub argv: Vec<String>,
+    /// Environment as `KEY=value` strings (nothing is inherited from the agent).
+    pub env: Vec<String>,
+    /// Working directory inside the process's root.
+    pub cwd: String,
+    /// A block device to mount and use as the process's root; `None` runs it in the
+    /// guest's own (initramfs) root.
+    pub root: Option<RootDisk>,
+    /// Which stdio streams are connected to the host.
+    pub stdio: StdioSpec,
+}
+
+/// A block device that becomes a process's root filesystem.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RootDisk {
+    /// Guest device path, e.g. `/dev/vda`.
+    pub device: String,
+    /// Filesystem type, e.g. `ext4`.
+    pub fstype: String,
+    /// Mount read-only.
+    pub readonly: bool,
+}
+
+/// Stdio wiring of an exec. A stream that is not piped is connected to `/dev/null`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StdioSpec {
+    /// Host vsock port the agent connects to for each piped stream.
+    pub port: u32,
+    /// Connect stdin.
+    pub stdin: bool,
+    /// Connect stdout.
+    pub stdout: bool,
+    /// Connect stderr.
+    pub stderr: bool,
+}
+
+/// First frame on a stdio connection from the agent to the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamHello {
+    /// The exec this stream belongs to.
+    pub exec_id: String,
+    /// Which stream it is.
+    pub stream: StreamKind,
+}
+
+/// The three stdio streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    /// Host to process.
+    Stdin,
+    /// Process to host.
+    Stdout,
+    /// Process to host.
+    Stderr,
+}
+
+/// Responses the agent sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to [`Request::Hello`].
+    Hello {
+        /// The agent's [`PROTOCOL_VERSION`].
+        version: u32,
+        /// `uname -r` of the guest kernel.
+        kernel_release: String,
+    },
+    /// The process of an `Exec` exists; its stdio streams are connected.
+    Started {
+        /// Guest pid.
+        pid: i32,
+    },
+    /// Answer to `Wait`: the process ended.
+    Exited {
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The request was carried out.
+    Ok,
+    /// The request failed.
+    Error {
+        /// One line for the user.
+        message: String,
+    },
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The status as a shell reports it: the code, or 128 + the signal number.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// Checks a peer's hello version against ours.
+pub fn check_version(peer: u32) -> Result<()> {
+    if peer == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(ProtocolError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            peer,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut v = (body.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn request_round_trips_through_a_frame() {
+        let req = Envelope {
+            id: 7,
+            body: Request::Exec(ExecRequest {
+                exec_id: "e1".into(),
+                argv: vec!["uname".into(), "-r".into()],
+                env: vec!["PATH=/bin".into()],
+                cwd: "/".into(),
+                root: Some(RootDisk {
+                    device: "/dev/vda".into(),
+                    fstype: "ext4".into(),
+                    readonly: true,
+                }),
+                stdio: StdioSpec {
+                    port: 5000,
+                    stdin: false,
+                    stdout: true,
+                    stderr: true,
+                },
+            }),
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &req).unwrap();
+        let back: Envelope<Request> = read_frame(&mut Cursor::new(buf)).unwrap();
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn two_frames_in_one_stream_are_read_in_order() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &Envelope { id: 1, body: Response::Ok }).unwrap();
+        let exited = Response::Exited {
+            status: ExitStatus::Signal(9),
+        };
+        write_frame(&mut buf, &Envelope { id: 2, body: exited.clone() }).unwrap();
+        let mut c = Cursor::new(buf);
+        let a: Envelope<Response> = read_frame(&mut c).unwrap();
+        let b: Envelope<Response> = read_frame(&mut c).unwrap();
+        assert_eq!((a.id, a.body), (1, Response::Ok));
+        assert_eq!((b.id, b.body), (2, exited));
+        assert!(matches!(
+            read_frame::<_, Envelope<Response>>(&mut c),
+            Err(ProtocolError::Closed)
+        ));
+    }
+
+    #[test]
+    fn oversized_frame_is_rejected_without_reading_its_body() {
+        let mut data = (MAX_FRAME_SIZE + 1).to_be_bytes().to_vec();
+        data.extend_from_slice(b"{}");
+        let mut c = Cursor::new(data);
+        let err = read_frame::<_, Response>(&mut c).unwrap_err();
+        assert!(matches!(err, ProtocolError::FrameTooLarge(n) if n == MAX_FRAME_SIZE + 1));
+        assert_eq!(c.position(), 4, "only the length may be consumed");
+    }
+
+    #[test]
+    fn writing_an_oversized_message_fails() {
+        let huge = Response::Error {
+            message: "x".repeat(MAX_FRAME_SIZE as usize + 1),
+        };
+        let mut buf = Vec::new();
+        assert!(matches!(
+            write_frame(&mut buf, &huge),
+            Err(ProtocolError::FrameTooLarge(_))
+        ));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn truncated_frames_are_reported_as_truncated() {
+        let full = framed(br#"{"type":"ok"}"#);
+        for cut in 1..full.len() {
+            let err = read_frame::<_, Response>(&mut Cursor::new(&full[..cut])).unwrap_err();
+            assert!(matches!(err, ProtocolError::Truncated), "cut at {cut}: {err}");
+        }
+    }
+
+    #[test]
+    fn garbage_frames_are_malformed() {
+        for body in [
+            &b"\xff\xfe\x00garbage"[..],
+            b"{\"type\":\"no_such_request\"}",
+            b"[1,2,3]",
+            b"",
+            b"{\"id\":1}",
+        ] {
+            let err =
+                read_frame::<_, Envelope<Request>>(&mut Cursor::new(framed(body))).unwrap_err();
+            assert!(matches!(err, ProtocolError::Malformed(_)), "{body:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn exit_status_maps_signals_to_128_plus_n() {
+        assert_eq!(ExitStatus::Code(3).shell_code(), 3);
+        assert_eq!(ExitStatus::Signal(9).shell_code(), 137);
+    }
+
+    #[test]
+    fn version_check_refuses_other_versions() {
+        assert!(check_version(PROTOCOL_VERSION).is_ok());
+        assert!(matches!(
+            check_version(PROTOCOL_VERSION + 1),
+            Err(ProtocolError::VersionMismatch { .. })
+        ));
+    }
+}
