@@ -1,0 +1,3 @@
+//! Device models: legacy port devices and virtio devices.
+
+pub mod virtio;
