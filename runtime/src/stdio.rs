@@ -1,0 +1,113 @@
+//! Process stdio between the host and the guest: the agent connects one vsock stream per
+//! piped stream to a host port, and the host relays it to its own fds.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use husk_protocol::{read_frame, StreamHello, StreamKind};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+/// The host end of a hybrid-vsock port: guest connections to host port P arrive at the
+/// unix socket `<uds>_<P>`.
+pub struct StdioListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl StdioListener {
+    /// Listens for guest connections to host port `port` of the VM whose vsock socket is
+    /// `uds`.
+    pub fn bind(uds: &Path, port: u32) -> Result<Self> {
+        let path = PathBuf::from(format!("{}_{port}", uds.display()));
+        let listener = UnixListener::bind(&path)
+            .with_context(|| format!("listening on {}", path.display()))?;
+        Ok(Self { listener, path })
+    }
+
+    /// Accepts the streams in `want` for `exec_id`. While waiting it also watches
+    /// `control` (the agent's control socket): if the agent answers there first (an
+    /// error), it returns what it has so the caller can read that answer.
+    pub fn accept_streams(
+        &self,
+        exec_id: &str,
+        want: &[StreamKind],
+        control: std::os::fd::BorrowedFd<'_>,
+        timeout: Duration,
+    ) -> Result<HashMap<StreamKind, UnixStream>> {
+        let deadline = Instant::now() + timeout;
+        let mut got = HashMap::new();
+        while got.len() < want.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("the guest did not connect the process's stdio in time");
+            }
+            let mut fds = [
+                PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(control, PollFlags::POLLIN),
+            ];
+            let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32)
+                .unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, ms) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e).context("waiting for stdio streams"),
+                Ok(_) => {}
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            if ready(&fds[1]) && !ready(&fds[0]) {
+                return Ok(got);
+            }
+            if !ready(&fds[0]) {
+                continue;
+            }
+            let (mut s, _) = self.listener.accept().context("accepting a stdio stream")?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let hello: StreamHello = read_frame(&mut s).context("reading a stdio stream header")?;
+            s.set_read_timeout(None)?;
+            if hello.exec_id != exec_id || !want.contains(&hello.stream) {
+                // Not ours (a stale or confused guest): drop it.
+                continue;
+            }
+            got.insert(hello.stream, s);
+        }
+        Ok(got)
+    }
+}
+
+impl Drop for StdioListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Relays guest output `src` to `dst` until the guest closes it.
+pub fn relay_out<W: Write + Send + 'static>(mut src: UnixStream, mut dst: W) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match src.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if dst.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = dst.flush();
+    })
+}
+
+/// Relays `src` into the guest's stdin, then closes the guest's stdin (EOF).
+pub fn relay_in<R: Read + Send + 'static>(mut src: R, mut dst: UnixStream) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut src, &mut dst);
+        let _ = dst.shutdown(Shutdown::Write);
+    })
+}

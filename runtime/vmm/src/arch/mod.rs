@@ -1,0 +1,3 @@
+//! Architecture-specific boot code. husk runs x86_64 guests only.
+
+pub mod x86_64;

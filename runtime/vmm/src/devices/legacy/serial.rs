@@ -1,0 +1,84 @@
+//! The 8250 UART on COM1, writing what the guest prints to a log file. Only present when
+//! asked for: a console costs a VM exit per character.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+use tracing::debug;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+/// The serial interrupt, an irqfd on the UART's IRQ line.
+#[derive(Debug)]
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = io::Error;
+
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Line-buffered log writer: flushed at each newline so the log is readable while the
+/// guest runs, and after a crash.
+struct LogWriter(BufWriter<File>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.0.write(buf)?;
+        if buf[..n].contains(&b'\n') {
+            self.0.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// The UART and its log.
+pub struct SerialConsole {
+    uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
+    irq: Option<EventFd>,
+}
+
+impl SerialConsole {
+    /// A console logging to `path` (created or truncated). Its interrupt is not wired
+    /// until [`SerialConsole::take_irq`] is registered with KVM; output works without it.
+    pub fn new(path: &Path) -> io::Result<Self> {
+        let file = File::create(path)?;
+        let irq = EventFd::new(libc::EFD_NONBLOCK)?;
+        let trigger = IrqTrigger(irq.try_clone()?);
+        let out: Box<dyn Write + Send> = Box::new(LogWriter(BufWriter::new(file)));
+        Ok(Self {
+            uart: Serial::new(trigger, out),
+            irq: Some(irq),
+        })
+    }
+
+    /// The eventfd to register as the UART's irqfd.
+    pub fn take_irq(&mut self) -> Option<EventFd> {
+        self.irq.take()
+    }
+
+    /// A register read.
+    pub fn read(&mut self, offset: u8) -> u8 {
+        self.uart.read(offset)
+    }
+
+    /// A register write.
+    pub fn write(&mut self, offset: u8, value: u8) {
+        if let Err(e) = self.uart.write(offset, value) {
+            debug!("serial: {e:?}");
+        }
+    }
+}
+
+impl Drop for SerialConsole {
+    fn drop(&mut self) {
+        let _ = self.uart.writer_mut().flush();
+    }
+}
