@@ -1,0 +1,8 @@
+//! The agent as a real process in test mode, driven over unix sockets like the host
+//! drives it over vsock.
+
+mod exec;
+mod framing;
+mod handshake;
+mod requests;
+mod support;
