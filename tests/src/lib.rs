@@ -1,1 +1,152 @@
-//! placeholder
+//! Shared helpers of husk's VM-tier tests.
+//!
+//! The VM tier needs a KVM that boots Linux, a built guest kernel, initramfs and test
+//! disk. `tests/vm-tier.sh` provides all of them (directly, or inside a test-host VM where
+//! this machine's /dev/kvm cannot boot Linux) and passes their paths in environment
+//! variables. The tests are `#[ignore]`d so that a plain `cargo test` reports them as not
+//! run instead of passing them.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// Paths the VM tier runs with.
+pub struct VmTier {
+    /// The `husk` binary.
+    pub husk: PathBuf,
+    /// Guest vmlinux.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initrd: PathBuf,
+    /// A busybox ext4 image to copy for each test.
+    pub rootfs: PathBuf,
+}
+
+fn env_path(name: &str) -> PathBuf {
+    let v = std::env::var_os(name)
+        .unwrap_or_else(|| panic!("{name} is not set: run the VM tier through tests/vm-tier.sh"));
+    let p = PathBuf::from(v);
+    assert!(p.exists(), "{name}={} does not exist", p.display());
+    p
+}
+
+impl VmTier {
+    /// Reads the paths from `HUSK_BIN`, `HUSK_KERNEL`, `HUSK_INITRD`, `HUSK_TEST_ROOTFS`.
+    pub fn from_env() -> Self {
+        Self {
+            husk: env_path("HUSK_BIN"),
+            kernel: env_path("HUSK_KERNEL"),
+            initrd: env_path("HUSK_INITRD"),
+            rootfs: env_path("HUSK_TEST_ROOTFS"),
+        }
+    }
+
+    /// A `husk vm run` command with kernel and initrd set and a private TMPDIR.
+    pub fn vm_run(&self, tmp: &Path) -> Command {
+        let mut c = self.vm_run_bare(tmp);
+        c.arg("--kernel")
+            .arg(&self.kernel)
+            .arg("--initrd")
+            .arg(&self.initrd);
+        c
+    }
+
+    /// A `husk vm run` command with nothing set but a private TMPDIR.
+    pub fn vm_run_bare(&self, tmp: &Path) -> Command {
+        let mut c = Command::new(&self.husk);
+        c.args(["vm", "run"])
+            .env("TMPDIR", tmp)
+            .env_remove("HUSK_KERNEL")
+            .env_remove("HUSK_INITRD")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// A private copy of the test rootfs image in `dir`.
+    pub fn rootfs_copy(&self, dir: &Path, name: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::copy(&self.rootfs, &p).expect("copying the test rootfs");
+        p
+    }
+}
+
+/// Runs `cmd` and returns its output; panics with context if it could not start.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.output().expect("running husk")
+}
+
+/// Formats an output for assertion messages.
+pub fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// SHA-256 as lowercase hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `len` bytes of deterministic pseudo-random data (xorshift64*), so failures reproduce.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Connects to guest vsock `port` through the hybrid socket `uds`, retrying until
+/// `timeout` (the guest may still be booting).
+pub fn vsock_connect_retry(uds: &Path, port: u32, timeout: Duration) -> UnixStream {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(mut s) = UnixStream::connect(uds) {
+            if s.write_all(format!("CONNECT {port}\n").as_bytes()).is_ok() {
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while let Ok(1) = s.read(&mut b) {
+                    if b[0] == b'\n' {
+                        break;
+                    }
+                    line.push(b[0]);
+                }
+                if line.starts_with(b"OK ") {
+                    return s;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "guest vsock port {port} never accepted a connection"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether any process other than us has `needle` in its command line.
+pub fn process_with_arg_exists(needle: &str) -> bool {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy() != me)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| String::from_utf8_lossy(&c).contains(needle))
+}

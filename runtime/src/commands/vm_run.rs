@@ -61,6 +61,10 @@ pub struct VmRunArgs {
     /// Seconds to wait for the guest agent.
     #[arg(long, default_value_t = 120)]
     pub boot_timeout: u64,
+    /// Put the VM's hybrid vsock socket here (default: a private temporary directory).
+    /// Host programs reach guest port P by connecting and sending `CONNECT P\n`.
+    #[arg(long)]
+    pub vsock_socket: Option<PathBuf>,
     /// Write timings and memory use as JSON to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -102,7 +106,10 @@ pub fn run(args: VmRunArgs) -> Result<i32> {
         .prefix("husk-vm-")
         .tempdir()
         .context("creating a runtime directory")?;
-    let uds = dir.path().join("vsock.sock");
+    let uds = args
+        .vsock_socket
+        .clone()
+        .unwrap_or_else(|| dir.path().join("vsock.sock"));
     let disks: Vec<DiskConfig> = args.disks.iter().map(|d| parse_disk(d)).collect();
     let root = match (disks.first(), args.no_root) {
         (Some(d), false) => Some(RootDisk {

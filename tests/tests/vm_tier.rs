@@ -1,0 +1,378 @@
+//! VM tier: real guest kernel, real agent, real KVM. Run with `tests/vm-tier.sh`, which
+//! builds what these need and picks a host whose KVM boots Linux.
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use husk_tests::{
+    output, process_with_arg_exists, pseudo_random, sha256_hex, show, vsock_connect_retry, VmTier,
+};
+
+const MIB64: usize = 64 << 20;
+
+fn tier() -> (VmTier, tempfile::TempDir) {
+    (VmTier::from_env(), tempfile::tempdir().unwrap())
+}
+
+fn guest_kernel_release(vmlinux: &Path) -> String {
+    let data = std::fs::read(vmlinux).unwrap();
+    let needle = b"Linux version ";
+    let at = data
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("vmlinux has a Linux version banner");
+    let rest = &data[at + needle.len()..];
+    let end = rest.iter().position(|&b| b == b' ').unwrap();
+    String::from_utf8(rest[..end].to_vec()).unwrap()
+}
+
+fn stdout_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+#[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
+fn guest_reports_its_own_kernel_release() {
+    let (t, tmp) = tier();
+    let img = t.rootfs_copy(tmp.path(), "root.img");
+    let o = output(
+        t.vm_run(tmp.path())
+            .arg("--disk")
+            .arg(&img)
+            .args(["--", "uname", "-r"]),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let want = guest_kernel_release(&t.kernel);
+    assert_eq!(stdout_of(&o), want, "{}", show(&o));
+    let host = nix::sys::utsname::uname().unwrap();
+    assert_ne!(
+        want,
+        host.release().to_string_lossy(),
+        "guest runs its own kernel"
+    );
+}
+
+#[test]
+#[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
+fn nonzero_exit_status_and_signals_come_back_intact() {
+    let (t, tmp) = tier();
+    let img = t.rootfs_copy(tmp.path(), "root.img");
+    let o = output(t.vm_run(tmp.path()).arg("--disk").arg(&img).args([
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 42",
+    ]));
+    assert_eq!(o.status.code(), Some(42), "{}", show(&o));
+    assert_eq!(stdout_of(&o), "out");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim(),
+        "err",
+        "stdout and stderr stay apart"
+    );
+    let o =
+        output(
+            t.vm_run(tmp.path())
+                .arg("--disk")
+                .arg(&img)
+                .args(["--", "sh", "-c", "kill -9 $$"]),
+        );
+    assert_eq!(o.status.code(), Some(137), "{}", show(&o));
+}
+
+#[test]
+#[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
+fn file_written_in_the_guest_is_on_the_host_image_after_shutdown() {
+    let (t, tmp) = tier();
+    let img = t.rootfs_copy(tmp.path(), "root.img");
+    let o = output(t.vm_run(tmp.path()).arg("--disk").arg(&img).args([
+        "--",
+        "sh",
+        "-c",
+        "echo written-in-the-guest > /hello.txt",
+    ]));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let d = Command::new("debugfs")
+        .args(["-R", "cat /hello.txt"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&d.stdout).trim(),
+        "written-in-the-guest",
+        "{}",
+        show(&d)
+    );
+}
+
+#[test]
+#[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
+fn read_only_disks_refuse_writes() {
+    let (t, tmp) = tier();
+    let root = t.rootfs_copy(tmp.path(), "root.img");
+    let ro = t.rootfs_copy(tmp.path(), "ro.img");
+    let before = sha256_hex(&std::fs::read(&ro).unwrap());
+    // A raw write to the read-only second disk fails in the guest.
+    let o = output(
+        t.vm_run(tmp.path())
+            .arg("--disk")
+            .arg(&root)
+            .arg("--disk")
+            .arg(format!("{}:ro", ro.display()))
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "test -b /dev/vdb || exit 3; dd if=/dev/zero of=/dev/vdb bs=4096 count=16 conv=fsync && exit 0; exit 4",
+            ]),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "the write must be attempted and fail: {}",
+        show(&o)
+    );
+    // A read-only root refuses file creation.
+    let o = output(
+        t.vm_run(tmp.path())
+            .arg("--disk")
+            .arg(format!("{}:ro", ro.display()))
+            .args(["--", "sh", "-c", "touch /new-file"]),
+    );
+    assert_ne!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Read-only"),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(
+        sha256_hex(&std::fs::read(&ro).unwrap()),
+        before,
+        "read-only image changed"
+    );
+}
+
+#[test]
+#[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
+fn host_initiated_vsock_connection_carries_64_mib_both_ways() {
+    let (t, tmp) = tier();
+    let img = t.rootfs_copy(tmp.path(), "root.img");
+    let uds = tmp.path().join("vm.vsock");
+    let child = t
+        .vm_run(tmp.path())
+        .args(["--memory", "512", "--disk"])
+        .arg(&img)
+        .arg("--vsock-socket")
+        .arg(&uds)
+        .args(["--", "/husk-vsock-peer", "listen", "5000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let data = pseudo_random(MIB64, 1);
+    let mut s = vsock_connect_retry(&uds, 5000, Duration::from_secs(300));
+    let mut writer = s.try_clone().unwrap();
+    let sent = data.clone();
+    let w = std::thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    w.join().unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let nl = back.iter().position(|&b| b == b'\n').expect("digest line");
+    assert_eq!(
+        String::from_utf8_lossy(&back[..nl]),
+        sha256_hex(&data),
+        "host -> guest intact"
+    );
+    assert_eq!(back.len() - nl - 1, MIB64, "guest -> host length");
+    assert!(back[nl + 1..] == data[..], "guest -> host intact");
+}
+
+#[test]
+#[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
+fn guest_initiated_stdio_streams_carry_64_mib_both_ways() {
+    let (t, tmp) = tier();
+    let img = t.rootfs_copy(tmp.path(), "root.img");
+    // Host -> guest: stdin into sha256sum.
+    let data = pseudo_random(MIB64, 2);
+    let mut child = t
+        .vm_run(tmp.path())
+        .args(["-i", "--disk"])
+        .arg(&img)
+        .args(["--", "sha256sum"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let sent = data.clone();
+    let w = std::thread::spawn(move || stdin.write_all(&sent).unwrap());
+    let o = child.wait_with_output().unwrap();
+    w.join().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(
+        stdout_of(&o).split_whitespace().next(),
+        Some(sha256_hex(&data).as_str())
+    );
+
+    // Guest -> host: 64 MiB on stdout, its digest on stderr.
+    let o = output(t.vm_run(tmp.path()).args(["--memory", "256", "--disk"]).arg(&img).args([
+        "--",
+        "sh",
+        "-c",
+        "head -c 67108864 /dev/urandom > /tmp/blob && sha256sum /tmp/blob >&2 && cat /tmp/blob",
+    ]));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "status {:?} stderr {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.stdout.len(), MIB64);
+    let want = String::from_utf8_lossy(&o.stderr)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(sha256_hex(&o.stdout), want, "guest -> host intact");
+}
+
+#[test]
+#[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
+fn guest_sees_the_chosen_vcpus_and_memory() {
+    let (t, tmp) = tier();
+    let img = t.rootfs_copy(tmp.path(), "root.img");
+    let o = output(
+        t.vm_run(tmp.path())
+            .args(["--cpus", "2", "--memory", "256", "--disk"])
+            .arg(&img)
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo",
+            ]),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let out = stdout_of(&o);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("2"), "{}", show(&o));
+    let kib: u64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal: {}", show(&o)));
+    assert!(
+        kib > 200 * 1024 && kib <= 256 * 1024,
+        "MemTotal {kib} KiB for a 256 MiB guest"
+    );
+}
+
+#[test]
+#[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
+fn twenty_boots_in_a_row_succeed() {
+    let (t, tmp) = tier();
+    let img = t.rootfs_copy(tmp.path(), "root.img");
+    let ro = format!("{}:ro", img.display());
+    let run_dir = tempfile::tempdir().unwrap();
+    for i in 0..20 {
+        let o = output(t.vm_run(run_dir.path()).args(["--disk", &ro, "--", "true"]));
+        assert_eq!(o.status.code(), Some(0), "boot {i}: {}", show(&o));
+    }
+    assert_eq!(
+        std::fs::read_dir(run_dir.path()).unwrap().count(),
+        0,
+        "runtime files left behind"
+    );
+}
+
+/// Runs husk with a broken input and checks it fails clearly and leaves nothing behind.
+fn assert_clean_failure(t: &VmTier, args: &[&str], marker: &Path, expect_in_error: &str) {
+    let run_dir = tempfile::tempdir().unwrap();
+    let o = output(
+        t.vm_run_bare(run_dir.path())
+            .args(args)
+            .args(["--", "true"]),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(expect_in_error),
+        "error should mention {expect_in_error:?}: {}",
+        show(&o)
+    );
+    assert!(
+        !process_with_arg_exists(&marker.display().to_string()),
+        "a process was left behind"
+    );
+    assert_eq!(
+        std::fs::read_dir(run_dir.path()).unwrap().count(),
+        0,
+        "files left behind"
+    );
+}
+
+#[test]
+#[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
+fn bad_kernel_initrd_or_disk_fails_clearly_and_leaves_nothing() {
+    let (t, tmp) = tier();
+    let kernel = t.kernel.display().to_string();
+    let initrd = t.initrd.display().to_string();
+    let missing = tmp.path().join("missing-file");
+    let corrupt = tmp.path().join("corrupt-file");
+    std::fs::write(&corrupt, pseudo_random(4 << 20, 3)).unwrap();
+    let (m, c) = (missing.display().to_string(), corrupt.display().to_string());
+    assert_clean_failure(&t, &["--kernel", &m, "--initrd", &initrd], &missing, &m);
+    assert_clean_failure(
+        &t,
+        &["--kernel", &c, "--initrd", &initrd],
+        &corrupt,
+        "not a loadable",
+    );
+    assert_clean_failure(&t, &["--kernel", &kernel, "--initrd", &m], &missing, &m);
+    assert_clean_failure(
+        &t,
+        &["--kernel", &kernel, "--initrd", &c],
+        &corrupt,
+        "stopped before its agent answered",
+    );
+    assert_clean_failure(
+        &t,
+        &["--kernel", &kernel, "--initrd", &initrd, "--disk", &m],
+        &missing,
+        &m,
+    );
+    let o = output(t.vm_run(tmp.path()).args(["--disk", &c, "--", "true"]));
+    assert_ne!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("/dev/vda"),
+        "{}",
+        show(&o)
+    );
+}
+
+#[test]
+#[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
+fn serial_log_shows_the_kernel_booting() {
+    let (t, tmp) = tier();
+    let log = tmp.path().join("console.log");
+    let img = format!("{}:ro", t.rootfs.display());
+    let o = output(
+        t.vm_run(tmp.path())
+            .arg("--serial-log")
+            .arg(&log)
+            .args(["--disk", &img, "--", "true"]),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("Linux version"), "console log: {text}");
+}
