@@ -1,37 +1,42 @@
 #!/usr/bin/env bash
 # Installs every system package husk needs to build and to run both test tiers on Debian 12.
-# Idempotent: a warm machine skips what is already there.
+# Idempotent: on a warm machine it only checks and returns.
 set -euo pipefail
 
-need=()
-have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+if ! command -v cargo >/dev/null; then
+    echo "install-deps: cargo is missing: install a Rust toolchain (rustup) first" >&2
+    exit 1
+fi
 
-# QEMU 10.x from bookworm-backports (7.2 is untested for nested SVM under TCG).
-# The backports source is derived from the machine's own Debian source, so no host is named here.
-if ! apt-cache policy 2>/dev/null | grep -q bookworm-backports; then
-    src=/etc/apt/sources.list.d/debian.sources
-    if [ -f "$src" ]; then
-        uris=$(awk '/^URIs:/{print $2; exit}' "$src")
-        cat >/etc/apt/sources.list.d/husk-backports.sources <<SRC
+packages=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio
+          busybox-static e2fsprogs kmod zstd xz-utils python3)
+have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+missing=()
+for p in "${packages[@]}"; do have "$p" || missing+=("$p"); done
+qemu_ok() { qemu-system-x86_64 --version 2>/dev/null | grep -q 'version 10\.'; }
+
+if [ ${#missing[@]} -eq 0 ] && qemu_ok; then
+    exit 0
+fi
+
+# QEMU 10.x comes from bookworm-backports (7.2 is untested for nested SVM under TCG). The
+# backports source reuses the machine's own Debian mirror, so no host is named here.
+src=/etc/apt/sources.list.d/debian.sources
+if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/ && [ -f "$src" ]; then
+    uris=$(awk '/^URIs:/{print $2; exit}' "$src")
+    cat >/etc/apt/sources.list.d/husk-backports.sources <<SRC
 Types: deb
 URIs: $uris
 Suites: bookworm-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
-    fi
-    apt-get update -qq
 fi
-[ -f /var/lib/apt/periodic/update-success-stamp ] || [ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] || apt-get update -qq
-
-for p in linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio \
-         busybox-static e2fsprogs kmod zstd xz-utils python3; do
-    have "$p" || need+=("$p")
-done
-if [ ${#need[@]} -gt 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-if ! qemu-system-x86_64 --version 2>/dev/null | grep -q 'version 10'; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        -t bookworm-backports qemu-system-x86
+if ! qemu_ok; then
+    apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null
 fi

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every husk test: installs what is missing, checks formatting and lints, runs the
+# host tier (cargo test) and the VM tier (tests/vm-tier.sh: real kernel, real KVM, directly
+# or inside a software-emulated test host, whichever this machine supports).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/install-deps.sh
+echo "== format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -q -- -D warnings
+echo "== host tier (cargo test; the VM-tier tests show as ignored here and run below)"
+cargo test --workspace -q
+echo "== VM tier"
+tests/vm-tier.sh

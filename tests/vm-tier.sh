@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Runs husk's VM tier: real guest kernel, real agent, real KVM.
+#
+#   tests/vm-tier.sh [cargo test filter and flags...]
+#
+# Builds everything the tier needs (guest kernel, cached; static agent and initramfs; the
+# husk binary; a busybox test disk), then runs tests/tests/vm_tier.rs:
+#   - directly, where /dev/kvm can boot a Linux guest (hardware vmx/svm with kvm_intel or
+#     kvm_amd);
+#   - inside a test-host VM under software emulation (tests/testhost/run.sh) where it
+#     cannot, such as a machine whose /dev/kvm is kvm_pvm (see shared/ENVIRONMENT.md).
+# It prints which mode it used. HUSK_VM_TIER_MODE=direct|testhost forces one.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+out=$repo/target/husk-vm-tier
+mkdir -p "$out"
+log() { echo "vm-tier: $*" >&2; }
+
+kvm_boots_linux() {
+    [ -c /dev/kvm ] || return 1
+    [ -d /sys/module/kvm_pvm ] && return 1
+    grep -qwE 'vmx|svm' /proc/cpuinfo || return 1
+    [ -d /sys/module/kvm_intel ] || [ -d /sys/module/kvm_amd ]
+}
+
+mode=${HUSK_VM_TIER_MODE:-}
+if [ -z "$mode" ]; then
+    if kvm_boots_linux; then mode=direct; else mode=testhost; fi
+fi
+case "$mode" in
+    direct) log "MODE: direct (this host's /dev/kvm boots Linux guests)" ;;
+    testhost) log "MODE: test host (this host's /dev/kvm cannot boot Linux guests; running inside a software-emulated KVM host)" ;;
+    *) log "unknown HUSK_VM_TIER_MODE=$mode (direct or testhost)"; exit 2 ;;
+esac
+
+log "building the guest kernel (cached)"
+kernel=$(guest-kernel-config/build-kernel.sh | tail -n 1)
+log "building the agent and the initramfs"
+initrd=$(scripts/build-guest.sh | tail -n 1)
+log "building husk and the test binaries"
+cargo build --release -q -p husk -p husk-rootfs-builder
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q -p husk-tests \
+    --bin husk-vsock-peer --target x86_64-unknown-linux-gnu
+testbin=$(cargo test --release -q -p husk-tests --test vm_tier --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "vm_tier" and m.get("executable"):
+        print(m["executable"])')
+[ -x "$testbin" ] || { log "could not find the vm_tier test binary"; exit 1; }
+
+log "building the busybox test disk"
+rootfs=$out/rootfs
+rm -rf "$rootfs"
+mkdir -p "$rootfs"/{bin,sbin,etc,proc,sys,dev,tmp,run,root,usr/bin,usr/sbin}
+cp /bin/busybox "$rootfs/bin/busybox"
+for applet in $(/bin/busybox --list); do
+    [ -e "$rootfs/bin/$applet" ] || ln -s busybox "$rootfs/bin/$applet"
+done
+cp target/x86_64-unknown-linux-gnu/release/husk-vsock-peer "$rootfs/husk-vsock-peer"
+echo "root:x:0:0:root:/root:/bin/sh" >"$rootfs/etc/passwd"
+echo "root:x:0:" >"$rootfs/etc/group"
+target/release/husk-rootfs-builder ext4 --from "$rootfs" --out "$out/busybox.img" >/dev/null
+
+export HUSK_BIN=$repo/target/release/husk HUSK_KERNEL=$kernel HUSK_INITRD=$initrd \
+    HUSK_TEST_ROOTFS=$out/busybox.img
+log "kernel $HUSK_KERNEL"
+log "initrd $HUSK_INITRD"
+test_args=(--ignored --test-threads=1 "$@")
+if [ "$mode" = direct ]; then
+    exec "$testbin" "${test_args[@]}"
+else
+    exec tests/testhost/run.sh --memory "${HUSK_TESTHOST_MEMORY:-4G}" --cpus 2 \
+        --timeout "${HUSK_VM_TIER_TIMEOUT:-3600}" -- "$testbin" "${test_args[@]}"
+fi
