@@ -277,6 +277,18 @@ fn run_child(plan: &ChildPlan) -> ! {
             fail(Stage::Stdio, errno());
         }
     }
+    // Whatever the agent itself inherited without close-on-exec (nothing as PID 1, but
+    // anything from a test harness) must not reach the program either. Failure (a kernel
+    // before 5.11) leaves only that inheritance, so it is not fatal.
+    // SAFETY: a plain syscall on integers; it only sets flags on descriptors.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     if !plan.root.is_null() {
         // SAFETY: `root` and the literal are NUL-terminated strings alive in this copy.
         if unsafe { libc::chroot(plan.root) } < 0 || unsafe { libc::chdir(c"/".as_ptr()) } < 0 {

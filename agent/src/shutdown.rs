@@ -12,6 +12,8 @@ use crate::server::{Agent, Role};
 /// keyboard-controller reset and stops), in test mode by exiting.
 pub fn shut_down(agent: &Agent) -> ! {
     if agent.role == Role::TestMode {
+        // Processes of the test may still run; roots they hold stay (and are logged).
+        agent.roots.unmount_all();
         std::process::exit(0);
     }
     diag!("shutting down");

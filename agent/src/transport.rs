@@ -11,7 +11,7 @@ use anyhow::Context;
 use nix::sys::socket::{
     self, AddressFamily, Backlog, SockFlag, SockType, SockaddrLike, UnixAddr, VsockAddr,
 };
-use nix::unistd;
+use nix::{fcntl, unistd};
 
 /// Where the control listener lives and how stdio connections reach the host.
 #[derive(Debug, Clone)]
@@ -129,7 +129,11 @@ pub struct Conn(OwnedFd);
 impl Conn {
     /// Another handle on the same connection, for a writer that runs beside the reader.
     pub fn try_clone(&self) -> io::Result<Conn> {
-        Ok(Conn(unistd::dup(&self.0)?))
+        // Close-on-exec like every descriptor of the agent: a process started later must
+        // not inherit the control connection and speak to the host as the agent.
+        let fd = fcntl::fcntl(&self.0, fcntl::FcntlArg::F_DUPFD_CLOEXEC(0))?;
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) just created this descriptor; nothing else owns it.
+        Ok(Conn(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
     /// Ends the connection for the peer even while other handles on it are still open.

@@ -174,3 +174,14 @@ fn the_process_leads_its_own_session() {
     };
     assert_eq!(client.request(kill), Response::Ok);
 }
+
+#[test]
+fn the_process_inherits_no_descriptors_but_its_stdio() {
+    let agent = TestAgent::start();
+    // Two connections, so the agent holds more than one socket when it forks.
+    let _other = agent.client();
+    let mut client = agent.client();
+    let process = client.spawn(&agent, "fds", &["ls", "/proc/self/fd"], false);
+    // 3 is the directory ls is reading.
+    assert_eq!(String::from_utf8_lossy(&process.output().0), "0\n1\n2\n3\n");
+}

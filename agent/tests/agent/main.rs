@@ -5,4 +5,5 @@ mod exec;
 mod framing;
 mod handshake;
 mod requests;
+mod root;
 mod support;

@@ -32,13 +32,31 @@ pub struct TestAgent {
 impl TestAgent {
     /// Starts an agent and waits until it accepts connections.
     pub fn start() -> TestAgent {
+        Self::launch(&[])
+    }
+
+    /// Starts an agent in a mount namespace of its own, so that whatever it mounts
+    /// disappears with it even if a test fails half-way.
+    pub fn start_in_own_mount_namespace() -> TestAgent {
+        Self::launch(&["unshare", "--mount", "--propagation", "private", "--"])
+    }
+
+    fn launch(wrapper: &[&str]) -> TestAgent {
         let dir = tempfile::tempdir().expect("temp dir");
         let control = dir.path().join("agent.sock");
         let stdio_prefix = dir.path().join("vsock");
         // HUSK_AGENT_BIN runs the same tests against another build, e.g. the static one.
         let bin = std::env::var_os("HUSK_AGENT_BIN")
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_husk-agent").into());
-        let child = Command::new(bin)
+        let mut command = match wrapper {
+            [] => Command::new(bin),
+            [program, args @ ..] => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+        };
+        let child = command
             .arg("--listen-unix")
             .arg(&control)
             .arg("--stdio-unix-prefix")
