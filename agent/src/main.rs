@@ -49,6 +49,11 @@ fn main() {
         run_as_init();
     }
     let args = TestModeArgs::parse();
+    // Orphans of its processes come back to the agent as they would to PID 1, so test
+    // mode reaps them the same way.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        diag!("cannot become a child subreaper, orphans go elsewhere: {e}");
+    }
     let agent = Agent {
         transport: Transport::Unix {
             listen: args.listen_unix,

@@ -98,3 +98,37 @@ fn shutdown_in_test_mode_answers_ok_and_exits_zero() {
     assert_eq!(client.request(Request::Shutdown), Response::Ok);
     assert!(agent.wait_exit(Duration::from_secs(10)).success());
 }
+
+#[test]
+fn orphans_of_exec_processes_are_reaped() {
+    let agent = TestAgent::start();
+    let mut client = agent.client();
+    // sh leaves a background sleep behind; it becomes the agent's child, as it would
+    // become PID 1's in the guest.
+    let process = client.spawn(&agent, "o", &["sh", "-c", "sleep 0.3 & echo $!"], false);
+    let orphan: u32 = String::from_utf8_lossy(&process.output().0)
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(client.exit_status("o"), ExitStatus::Code(0));
+    let stat = format!("/proc/{orphan}/stat");
+    let parent = std::fs::read_to_string(&stat).ok().and_then(|s| {
+        s.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)
+            .map(str::to_owned)
+    });
+    if let Some(parent) = parent {
+        assert_eq!(parent, agent.pid().to_string(), "the orphan's parent");
+    }
+    // Unreaped, it would stay a zombie (and keep its /proc entry) for good.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&stat).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "orphan {orphan} not reaped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -125,6 +125,11 @@ impl TestAgent {
         }
     }
 
+    /// The agent's pid (a wrapper's, which execs the agent, when there is one).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the agent process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("try_wait").is_none()
