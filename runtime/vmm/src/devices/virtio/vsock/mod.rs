@@ -142,10 +142,12 @@ fn process_tx(active: &mut Active, muxer: &mut Muxer) -> TxResult {
             warn!("virtio-vsock: tx queue unusable: {e}");
             return result;
         }
+        let mut popped = false;
         while !muxer.tx_blocked() {
             let Some(mut chain) = txq.pop_descriptor_chain(&*mem) else {
                 break;
             };
+            popped = true;
             let head = chain.head_index();
             match VsockPacket::from_tx_virtq_chain(&*mem, &mut chain, MAX_PKT_DATA) {
                 Ok(pkt) => muxer.handle_guest_packet(&pkt),
@@ -163,8 +165,10 @@ fn process_tx(active: &mut Active, muxer: &mut Muxer) -> TxResult {
             return result;
         }
         match txq.enable_notification(mem) {
-            Ok(true) => continue,
-            Ok(false) => return result,
+            // More chains arrived while we drained. Unless nothing could be popped at
+            // all: then the avail index is nonsense and looking again would spin.
+            Ok(true) if popped => continue,
+            Ok(_) => return result,
             Err(e) => {
                 warn!("virtio-vsock: tx queue unusable: {e}");
                 return result;
@@ -176,20 +180,27 @@ fn process_tx(active: &mut Active, muxer: &mut Muxer) -> TxResult {
 /// Fills rx buffers with what the muxer owes the guest. Returns whether any were used.
 fn process_rx(active: &mut Active, muxer: &mut Muxer) -> bool {
     let mut used = false;
+    // Whether the last pop found nothing; a second miss in a row ends the pass.
+    let mut missed = false;
     let Active { mem, rxq, .. } = active;
     while muxer.has_rx_work() {
         let Some(mut chain) = rxq.pop_descriptor_chain(&*mem) else {
             // Out of buffers: ask for a kick when the guest adds some, and look again in
-            // case it did so just now.
+            // case it did so just now. If the queue claims buffers that cannot be
+            // popped (a nonsense avail index), looking again would spin.
             match rxq.enable_notification(mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
+                Ok(true) if !missed => {
+                    missed = true;
+                    continue;
+                }
+                Ok(_) => break,
                 Err(e) => {
                     warn!("virtio-vsock: rx queue unusable: {e}");
                     break;
                 }
             }
         };
+        missed = false;
         let head = chain.head_index();
         let len = match VsockPacket::from_rx_virtq_chain(&*mem, &mut chain, MAX_PKT_DATA) {
             Ok(pkt) => match muxer.fill_rx(&pkt) {

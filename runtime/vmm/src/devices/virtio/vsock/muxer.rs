@@ -676,11 +676,16 @@ impl Muxer {
     fn register_stream(&mut self, stream: &UnixStream) -> Option<u32> {
         let events = self.events.as_ref()?;
         let mut token = self.next_token;
-        // At most MAX_CONNECTIONS tokens are taken.
-        while self.endpoints.contains_key(&token)
-            || !(FIRST_STREAM_TOKEN..=LAST_STREAM_TOKEN).contains(&token)
-        {
-            token = token.wrapping_add(1);
+        // Tokens count up (so a stale event rarely meets a reused token) and wrap within
+        // the range; at most MAX_CONNECTIONS are taken, so the search ends quickly.
+        loop {
+            if !(FIRST_STREAM_TOKEN..=LAST_STREAM_TOKEN).contains(&token) {
+                token = FIRST_STREAM_TOKEN;
+            }
+            if !self.endpoints.contains_key(&token) {
+                break;
+            }
+            token += 1;
         }
         self.next_token = token.wrapping_add(1);
         match events.add(stream.as_raw_fd(), token, stream_events()) {

@@ -202,6 +202,11 @@ impl Driver {
         self.mem.read_obj(GuestAddress(addr)).unwrap()
     }
 
+    /// Overwrites the avail index, as a broken or hostile driver might.
+    pub fn set_avail_idx(&self, idx: u16) {
+        self.q.avail().idx().store(idx);
+    }
+
     /// Number of chains published so far (the avail index).
     pub fn avail_idx(&self) -> u16 {
         self.next_avail

@@ -2,6 +2,8 @@
 
 use std::io::Read;
 
+use crate::devices::virtio::VirtioDevice;
+
 use super::super::muxer::MAX_QUEUED_RSTS;
 use super::super::packet::{op, Header, HEADER_SIZE, MAX_PKT_DATA, TYPE_STREAM};
 use super::harness::*;
@@ -231,4 +233,18 @@ fn rst_flood_pauses_tx_until_rx_buffers_arrive() {
         }
     }
     assert_eq!(returned, total, "tx resumed as rx drained the RSTs");
+}
+
+#[test]
+fn corrupt_avail_index_does_not_wedge_the_device() {
+    let mut vm = TestVm::new();
+    // The driver claims far more chains than the queue holds: nothing can be popped, and
+    // the device must not spin waiting for the index to make sense.
+    vm.tx.set_avail_idx(1000);
+    vm.dev.queue_notify(1);
+    vm.rx.set_avail_idx(1000);
+    let _host = vm.host_connect(52);
+    vm.pump(100);
+    vm.dev.queue_notify(0);
+    assert_eq!(vm.tx_used_lens(), Vec::<u32>::new());
 }
