@@ -355,12 +355,12 @@ impl Connection {
         events.contains(EventSet::OUT)
     }
 
-    /// Guest data (an RW payload) for the unix stream.
-    pub fn recv_from_guest(&mut self, data: &VolatileSlice<'_, ()>) -> Result<(), ConnError> {
+    /// Guest data (an RW payload, in one or more pieces) for the unix stream.
+    pub fn recv_from_guest(&mut self, data: &[VolatileSlice<'_, ()>]) -> Result<(), ConnError> {
         if self.peer_shut & SHUTDOWN_SEND != 0 {
             return Err(ConnError::Protocol("data after SHUTDOWN(SEND)"));
         }
-        let len = data.len();
+        let len: usize = data.iter().map(|piece| piece.len()).sum();
         if len > self.free_space() as usize {
             return Err(ConnError::Protocol("data beyond the credit we gave"));
         }
@@ -371,32 +371,45 @@ impl Connection {
             return Ok(());
         }
         let mut written = 0;
-        if self.out.is_empty() {
-            // The common case: straight from guest memory to the socket, no copy.
-            let mut stream = &self.stream;
-            loop {
-                match stream.write_volatile(data) {
-                    Ok(n) => written = n,
-                    Err(VolatileMemoryError::IOError(e))
-                        if e.kind() == io::ErrorKind::Interrupted =>
-                    {
-                        continue
-                    }
-                    Err(VolatileMemoryError::IOError(e))
-                        if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Err(ConnError::HostGone),
+        for (i, piece) in data.iter().enumerate() {
+            // The common case: straight from guest memory to the socket, no copy. Once
+            // bytes are buffered, new ones queue behind them to keep the order.
+            let n = if self.out.is_empty() {
+                self.write_direct(piece)?
+            } else {
+                0
+            };
+            written += n;
+            if n < piece.len() {
+                let rest = piece
+                    .subslice(n, piece.len() - n)
+                    .map_err(|_| ConnError::Protocol("bad data slice"))?;
+                self.out.append(&rest);
+                for later in &data[i + 1..] {
+                    self.out.append(later);
                 }
                 break;
             }
         }
-        if written < len {
-            match data.subslice(written, len - written) {
-                Ok(rest) => self.out.append(&rest),
-                Err(_) => return Err(ConnError::Protocol("bad data slice")),
-            }
-        }
         self.forwarded(written);
         Ok(())
+    }
+
+    /// One write of guest memory to the stream; 0 if it is full.
+    fn write_direct(&self, piece: &VolatileSlice<'_, ()>) -> Result<usize, ConnError> {
+        let mut stream = &self.stream;
+        loop {
+            return match stream.write_volatile(piece) {
+                Ok(n) => Ok(n),
+                Err(VolatileMemoryError::IOError(e)) if e.kind() == io::ErrorKind::Interrupted => {
+                    continue
+                }
+                Err(VolatileMemoryError::IOError(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    Ok(0)
+                }
+                Err(_) => Err(ConnError::HostGone),
+            };
+        }
     }
 
     /// Writes buffered guest data the stream can now take.
@@ -579,12 +592,12 @@ mod tests {
         let mut sent = 0usize;
         // Fill the socket buffer and then ours, without the host reading.
         while c.free_space() as usize >= chunk.len() {
-            c.recv_from_guest(&guest_bytes(&mem, &chunk)).unwrap();
+            c.recv_from_guest(&[guest_bytes(&mem, &chunk)]).unwrap();
             sent += chunk.len();
         }
         assert!(c.buffered() > 0);
         assert_eq!(
-            c.recv_from_guest(&guest_bytes(&mem, &chunk)),
+            c.recv_from_guest(&[guest_bytes(&mem, &chunk)]),
             Err(ConnError::Protocol("data beyond the credit we gave"))
         );
         assert!(c.out.buf.capacity() <= CONN_BUF_ALLOC as usize);
@@ -612,14 +625,14 @@ mod tests {
     fn shutdown_send_shuts_the_write_side_after_the_buffer_drains() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let (mut c, mut host) = pair();
-        c.recv_from_guest(&guest_bytes(&mem, b"last words"))
+        c.recv_from_guest(&[guest_bytes(&mem, b"last words")])
             .unwrap();
         c.on_guest_shutdown(SHUTDOWN_SEND).unwrap();
         let mut got = Vec::new();
         host.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"last words");
         assert_eq!(
-            c.recv_from_guest(&guest_bytes(&mem, b"more")),
+            c.recv_from_guest(&[guest_bytes(&mem, b"more")]),
             Err(ConnError::Protocol("data after SHUTDOWN(SEND)"))
         );
     }

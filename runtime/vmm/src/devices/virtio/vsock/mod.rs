@@ -144,12 +144,12 @@ fn process_tx(active: &mut Active, muxer: &mut Muxer) -> TxResult {
         }
         let mut popped = false;
         while !muxer.tx_blocked() {
-            let Some(mut chain) = txq.pop_descriptor_chain(&*mem) else {
+            let Some(chain) = txq.pop_descriptor_chain(&*mem) else {
                 break;
             };
             popped = true;
             let head = chain.head_index();
-            match VsockPacket::from_tx_virtq_chain(&*mem, &mut chain, MAX_PKT_DATA) {
+            match packet::parse_tx(mem, chain) {
                 Ok(pkt) => muxer.handle_guest_packet(&pkt),
                 Err(e) => debug!("virtio-vsock: dropping malformed tx chain: {e}"),
             }

@@ -26,7 +26,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{ConnError, ConnKey, Connection, OutBuf, ReadOutcome, State};
-use super::packet::{op, Header, HEADER_SIZE, HOST_CID, SHUTDOWN_BOTH, TYPE_STREAM};
+use super::packet::{op, Header, TxPacket, HEADER_SIZE, HOST_CID, SHUTDOWN_BOTH, TYPE_STREAM};
 use super::unix::{connect_nonblocking, guest_port_path, ConnectLine, HostConnect, HostListener};
 use crate::devices::virtio::{EventRegistrar, DEVICE_TOKEN_BASE};
 
@@ -215,8 +215,8 @@ impl Muxer {
     // ---- guest -> host ----------------------------------------------------------------
 
     /// One packet from the tx queue.
-    pub fn handle_guest_packet(&mut self, pkt: &VsockPacket<'_, ()>) {
-        let hdr = Header::of(pkt);
+    pub fn handle_guest_packet(&mut self, pkt: &TxPacket<'_>) {
+        let hdr = pkt.hdr;
         if hdr.src_cid != self.guest_cid {
             // A spoofed source cannot be answered meaningfully.
             debug!(
@@ -250,10 +250,7 @@ impl Muxer {
                 return;
             }
             (op::RESPONSE, State::Connecting) => conn.establish(),
-            (op::RW, State::Established) => match pkt.data_slice() {
-                Some(data) => conn.recv_from_guest(data),
-                None => Ok(()),
-            },
+            (op::RW, State::Established) => conn.recv_from_guest(pkt.data()),
             (op::CREDIT_UPDATE, State::Established) => Ok(()),
             (op::CREDIT_REQUEST, State::Established) => {
                 conn.request_credit_update();

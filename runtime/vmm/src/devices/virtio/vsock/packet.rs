@@ -5,8 +5,9 @@
 //! its header is copied into a plain [`Header`], so every later decision works on values
 //! the guest can no longer change underneath us.
 
-use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
-use vm_memory::Bytes;
+use virtio_queue::DescriptorChain;
+use virtio_vsock::packet::{Error as PacketError, VsockPacket, PKT_HEADER_SIZE};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 /// The host's CID: every packet the device sends comes from it, every packet the guest
 /// sends must go to it.
@@ -108,8 +109,7 @@ impl Header {
         b
     }
 
-    /// Parses the wire layout (the test driver reads the device's packets with this).
-    #[cfg(test)]
+    /// Parses the wire layout.
     pub fn from_bytes(b: &[u8; HEADER_SIZE]) -> Self {
         let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
         let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
@@ -133,6 +133,101 @@ impl Header {
         // One 44-byte copy rather than the packet's per-field setters (ten guest writes).
         pkt.header_slice().write_slice(&self.to_bytes(), 0)
     }
+}
+
+/// A packet from the tx queue: its header, copied, and its payload in guest memory.
+pub(crate) struct TxPacket<'a> {
+    pub hdr: Header,
+    payload: Payload<'a>,
+}
+
+enum Payload<'a> {
+    /// What Linux sends up to 6.x with linear skbs, and what the crate parses.
+    One(Option<VolatileSlice<'a, ()>>),
+    /// The payload split over several descriptors.
+    Split(Vec<VolatileSlice<'a, ()>>),
+}
+
+impl TxPacket<'_> {
+    /// The payload's pieces, in order; empty for a packet without data.
+    pub fn data(&self) -> &[VolatileSlice<'_, ()>] {
+        match &self.payload {
+            Payload::One(one) => one.as_slice(),
+            Payload::Split(pieces) => pieces,
+        }
+    }
+}
+
+/// Parses a tx chain.
+///
+/// `VsockPacket` does the work, but it expects the payload in one descriptor. Drivers may
+/// split it over several (Linux does for non-linear skbs), which the crate reports as a
+/// too-small data descriptor; those chains are gathered here instead of being dropped,
+/// which would silently cut bytes out of the stream.
+pub(crate) fn parse_tx<'a>(
+    mem: &'a GuestMemoryMmap,
+    chain: DescriptorChain<&'a GuestMemoryMmap>,
+) -> Result<TxPacket<'a>, PacketError> {
+    let mut attempt = chain.clone();
+    match VsockPacket::from_tx_virtq_chain(mem, &mut attempt, MAX_PKT_DATA) {
+        Ok(pkt) => Ok(TxPacket {
+            hdr: Header::of(&pkt),
+            payload: Payload::One(pkt.data_slice().copied()),
+        }),
+        Err(PacketError::DescriptorLengthTooSmall) => gather_tx(mem, chain),
+        Err(e) => Err(e),
+    }
+}
+
+/// The header in the first descriptor, the payload spread over the following readable
+/// descriptors.
+fn gather_tx<'a>(
+    mem: &'a GuestMemoryMmap,
+    mut chain: DescriptorChain<&'a GuestMemoryMmap>,
+) -> Result<TxPacket<'a>, PacketError> {
+    let head = chain.next().ok_or(PacketError::DescriptorChainTooShort)?;
+    if head.is_write_only() {
+        return Err(PacketError::UnexpectedWriteOnlyDescriptor);
+    }
+    if (head.len() as usize) < HEADER_SIZE || !head.has_next() {
+        return Err(PacketError::DescriptorLengthTooSmall);
+    }
+    let mut raw = [0u8; HEADER_SIZE];
+    mem.read_slice(&mut raw, head.addr())
+        .map_err(PacketError::InvalidMemoryAccess)?;
+    let hdr = Header::from_bytes(&raw);
+    if hdr.len > MAX_PKT_DATA {
+        return Err(PacketError::InvalidHeaderLen(hdr.len));
+    }
+    let mut remaining = hdr.len as usize;
+    // The chain iterator stops after queue-size descriptors, which bounds this Vec.
+    let mut pieces = Vec::new();
+    for desc in chain {
+        if remaining == 0 {
+            break;
+        }
+        if desc.is_write_only() {
+            return Err(PacketError::UnexpectedWriteOnlyDescriptor);
+        }
+        let n = remaining.min(desc.len() as usize);
+        if n == 0 {
+            continue;
+        }
+        // One mapping per piece: a descriptor straddling two memory regions is refused,
+        // as the crate does.
+        let piece = mem
+            .get_slice(desc.addr(), n)
+            .map_err(PacketError::InvalidMemoryAccess)?;
+        pieces.push(piece);
+        remaining -= n;
+    }
+    if remaining > 0 {
+        return Err(PacketError::DescriptorChainTooShort);
+    }
+    Ok(TxPacket {
+        hdr,
+        payload: Payload::Split(pieces),
+    })
 }
 
 #[cfg(test)]

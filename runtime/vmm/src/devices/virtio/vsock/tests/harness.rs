@@ -387,20 +387,23 @@ impl TestVm {
         if !data.is_empty() {
             descs.push(Desc::r(data.len() as u32));
         }
-        self.send_chain(&descs, &hdr.to_bytes(), data);
+        self.send_chain(&descs, &hdr.to_bytes(), &[data]);
     }
 
     /// Publishes `descs` on the tx queue with `header` written at the first descriptor's
-    /// slot and `data` at the second's, and kicks.
-    pub fn send_chain(&mut self, descs: &[Desc], header: &[u8], data: &[u8]) {
+    /// buffer and `data[i]` at descriptor `i + 1`'s, and kicks.
+    pub fn send_chain(&mut self, descs: &[Desc], header: &[u8], data: &[&[u8]]) {
         self.reclaim_tx();
         let idx = self.tx.publish(descs);
-        let hdr_addr = descs[0].addr.unwrap_or_else(|| self.tx.slot(idx[0]));
+        let bufs: Vec<u64> = descs
+            .iter()
+            .zip(&idx)
+            .map(|(d, &i)| d.addr.unwrap_or_else(|| self.tx.slot(i)))
+            .collect();
         // Addresses outside memory are the point of some tests: skip the write then.
-        let _ = self.mem.write_slice(header, GuestAddress(hdr_addr));
-        if let (Some(d), Some(&i)) = (descs.get(1), idx.get(1)) {
-            let addr = d.addr.unwrap_or_else(|| self.tx.slot(i));
-            let _ = self.mem.write_slice(data, GuestAddress(addr));
+        let _ = self.mem.write_slice(header, GuestAddress(bufs[0]));
+        for (piece, &addr) in data.iter().zip(&bufs[1..]) {
+            let _ = self.mem.write_slice(piece, GuestAddress(addr));
         }
         self.dev.queue_notify(1);
     }

@@ -153,7 +153,7 @@ fn chains_outside_guest_memory_are_returned_with_zero_length() {
     // The header outside memory.
     vm.send_chain(&[Desc::r(HDR).at(NOWHERE)], &hdr, &[]);
     // The data outside memory.
-    vm.send_chain(&[Desc::r(HDR), Desc::r(16).at(NOWHERE)], &hdr, &[0; 16]);
+    vm.send_chain(&[Desc::r(HDR), Desc::r(16).at(NOWHERE)], &hdr, &[&[0; 16]]);
     // A descriptor straddling the end of memory.
     vm.send_chain(&[Desc::r(HDR), Desc::r(16).at(vm.mem_end() - 8)], &hdr, &[]);
     assert_eq!(vm.tx_used_lens(), [0, 0, 0]);
@@ -171,8 +171,8 @@ fn wrongly_directed_or_too_small_data_descriptors_are_returned_with_zero_length(
     }
     .to_bytes();
     vm.send_chain(&[Desc::w(HDR)], &hdr, &[]);
-    vm.send_chain(&[Desc::r(HDR), Desc::w(100)], &hdr, &[0; 100]);
-    vm.send_chain(&[Desc::r(HDR), Desc::r(50)], &hdr, &[0; 50]);
+    vm.send_chain(&[Desc::r(HDR), Desc::w(100)], &hdr, &[&[0; 100]]);
+    vm.send_chain(&[Desc::r(HDR), Desc::r(50)], &hdr, &[&[0; 50]]);
     vm.send_chain(&[Desc::r(HDR)], &hdr, &[]);
     let huge = Header {
         len: MAX_PKT_DATA + 1,
@@ -183,6 +183,35 @@ fn wrongly_directed_or_too_small_data_descriptors_are_returned_with_zero_length(
     assert_eq!(vm.tx_used_lens(), [0; 5]);
     vm.expect_silence();
     assert_still_serving(&mut vm);
+}
+
+#[test]
+fn payload_split_short_of_its_length_is_returned_with_zero_length() {
+    let mut vm = TestVm::new();
+    vm.fill_rx();
+    let (mut host, sock) = vm.connect_from_host(52);
+    vm.tx_used_lens();
+    let hdr = Header {
+        len: 30,
+        ..sock.hdr(op::RW)
+    }
+    .to_bytes();
+    vm.send_chain(
+        &[Desc::r(HDR), Desc::r(10), Desc::r(10)],
+        &hdr,
+        &[b"0123456789", b"abcdefghij"],
+    );
+    vm.send_chain(
+        &[Desc::r(HDR), Desc::r(10), Desc::w(20)],
+        &hdr,
+        &[b"0123456789", &[0; 20]],
+    );
+    assert_eq!(vm.tx_used_lens(), [0, 0]);
+    host.set_nonblocking(true).unwrap();
+    assert!(
+        host.read(&mut [0u8; 64]).is_err(),
+        "nothing reached the host"
+    );
 }
 
 #[test]
