@@ -55,7 +55,6 @@ struct Active {
 /// A virtio-vsock device whose host side is a unix socket.
 pub struct Vsock {
     guest_cid: u64,
-    acked_features: u64,
     muxer: Muxer,
     active: Option<Active>,
 }
@@ -75,7 +74,6 @@ impl Vsock {
         }
         Ok(Self {
             guest_cid,
-            acked_features: 0,
             muxer: Muxer::new(guest_cid, &uds_path)?,
             active: None,
         })
@@ -238,8 +236,8 @@ impl VirtioDevice for Vsock {
         1 << VIRTIO_RING_F_EVENT_IDX
     }
 
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features;
+    fn set_acked_features(&mut self, _features: u64) {
+        // EVENT_IDX, the only feature offered, is applied to the queues by the transport.
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -292,7 +290,6 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.muxer.deactivate();
         self.active = None;
-        self.acked_features = 0;
     }
 }
 

@@ -63,15 +63,7 @@ fn host_data_waits_for_rx_buffers_and_resumes_when_they_come() {
     vm.offer_rx(1);
     let mut host = vm.host_connect(52);
     let req = vm.expect(op::REQUEST);
-    let mut sock = GuestSock {
-        guest_port: 52,
-        host_port: req.hdr.src_port,
-        buf_alloc: GUEST_BUF_ALLOC,
-        fwd_cnt: 0,
-        tx_cnt: 0,
-        peer_buf_alloc: req.hdr.buf_alloc,
-        peer_fwd_cnt: 0,
-    };
+    let mut sock = GuestSock::from_first_packet(&req);
     vm.send(sock.hdr(op::RESPONSE), &[]);
     assert_eq!(read_line(&mut host), format!("OK {}\n", sock.host_port));
 

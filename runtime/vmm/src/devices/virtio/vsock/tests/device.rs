@@ -110,3 +110,18 @@ fn event_idx_interrupts_when_the_guest_asks_and_requests_kicks() {
     // After draining tx the device asks for a kick on the next new entry.
     assert_eq!(vm.tx.avail_event(), vm.tx.avail_idx());
 }
+
+#[test]
+fn host_connects_during_a_reset_are_served_after_reactivation() {
+    let mut vm = TestVm::new();
+    vm.dev.reset();
+    let mut host = vm.host_connect(52);
+    vm.pump(50);
+    let mut vm = vm.restart();
+    vm.fill_rx();
+    let req = vm.expect(op::REQUEST);
+    assert_eq!(req.hdr.dst_port, 52);
+    let sock = GuestSock::from_first_packet(&req);
+    vm.send(sock.hdr(op::RESPONSE), &[]);
+    assert_eq!(read_line(&mut host), format!("OK {}\n", req.hdr.src_port));
+}

@@ -237,6 +237,20 @@ pub struct GuestSock {
 }
 
 impl GuestSock {
+    /// The guest's side of a connection set up by `first`, the device's REQUEST (host
+    /// connects) or RESPONSE (guest connects).
+    pub fn from_first_packet(first: &Packet) -> Self {
+        Self {
+            guest_port: first.hdr.dst_port,
+            host_port: first.hdr.src_port,
+            buf_alloc: GUEST_BUF_ALLOC,
+            fwd_cnt: 0,
+            tx_cnt: 0,
+            peer_buf_alloc: first.hdr.buf_alloc,
+            peer_fwd_cnt: first.hdr.fwd_cnt,
+        }
+    }
+
     /// A header from this socket to the host.
     pub fn hdr(&self, op: u16) -> Header {
         Header {
@@ -535,16 +549,7 @@ impl TestVm {
         let mut host = self.host_connect(guest_port);
         let req = self.expect(op::REQUEST);
         assert_eq!(req.hdr.dst_port, guest_port);
-        let mut sock = GuestSock {
-            guest_port,
-            host_port: req.hdr.src_port,
-            buf_alloc: GUEST_BUF_ALLOC,
-            fwd_cnt: 0,
-            tx_cnt: 0,
-            peer_buf_alloc: 0,
-            peer_fwd_cnt: 0,
-        };
-        sock.saw(&req);
+        let sock = GuestSock::from_first_packet(&req);
         self.send(sock.hdr(op::RESPONSE), &[]);
         assert_eq!(read_line(&mut host), format!("OK {}\n", sock.host_port));
         (host, sock)
@@ -574,16 +579,7 @@ impl TestVm {
         );
         let (host, _) = listener.accept().unwrap();
         host.set_read_timeout(Some(PATIENCE)).unwrap();
-        let mut sock = GuestSock {
-            guest_port,
-            host_port,
-            buf_alloc: GUEST_BUF_ALLOC,
-            fwd_cnt: 0,
-            tx_cnt: 0,
-            peer_buf_alloc: 0,
-            peer_fwd_cnt: 0,
-        };
-        sock.saw(&resp);
+        let sock = GuestSock::from_first_packet(&resp);
         (host, sock)
     }
 

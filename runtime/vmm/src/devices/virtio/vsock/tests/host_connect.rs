@@ -95,15 +95,7 @@ fn data_written_right_after_the_connect_line_reaches_the_guest() {
         .unwrap();
     host.write_all(b"CONNECT 52\nearly bytes").unwrap();
     let req = vm.expect(op::REQUEST);
-    let sock = GuestSock {
-        guest_port: 52,
-        host_port: req.hdr.src_port,
-        buf_alloc: GUEST_BUF_ALLOC,
-        fwd_cnt: 0,
-        tx_cnt: 0,
-        peer_buf_alloc: req.hdr.buf_alloc,
-        peer_fwd_cnt: 0,
-    };
+    let sock = GuestSock::from_first_packet(&req);
     vm.send(sock.hdr(op::RESPONSE), &[]);
     assert_eq!(read_line(&mut host), format!("OK {}\n", sock.host_port));
     let rw = vm.expect(op::RW);

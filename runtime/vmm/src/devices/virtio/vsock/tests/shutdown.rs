@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::net::Shutdown;
 
-use super::super::muxer::CLOSE_TIMEOUT;
+use super::super::muxer::{CLOSE_TIMEOUT, DRAIN_TIMEOUT};
 use super::super::packet::{op, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND};
 use super::harness::*;
 
@@ -127,4 +127,26 @@ fn guest_shutdown_rcv_stops_host_data() {
         "the host learns at once"
     );
     vm.expect_silence();
+}
+
+#[test]
+fn buffered_data_a_host_never_reads_is_dropped_after_the_drain_timeout() {
+    let mut vm = TestVm::new();
+    vm.fill_rx();
+    let (mut host, mut sock) = vm.connect_from_host(52);
+    let data = pattern(sock.credit() as usize, 6);
+    vm.send_data(&mut sock, &data, 64 * 1024);
+    let mut hdr = sock.hdr(op::SHUTDOWN);
+    hdr.flags = SHUTDOWN_BOTH;
+    vm.send(hdr, &[]);
+    vm.expect(op::RST);
+    assert_eq!(vm.dev.muxer.draining_count(), 1);
+    vm.expire(DRAIN_TIMEOUT);
+    assert_eq!(vm.dev.muxer.draining_count(), 0);
+    let mut got = Vec::new();
+    host.read_to_end(&mut got).unwrap();
+    assert!(
+        got.len() < data.len(),
+        "the stream ends early rather than never"
+    );
 }
