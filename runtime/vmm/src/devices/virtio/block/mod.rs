@@ -149,6 +149,7 @@ impl Block {
                 warn!("virtio-blk: queue unusable: {e}");
                 return;
             }
+            let mut popped = false;
             while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
                 let head = chain.head_index();
                 let written = request::execute(&disk, &active.mem, chain);
@@ -156,11 +157,15 @@ impl Block {
                     warn!("virtio-blk: cannot return descriptor {head}: {e}");
                     return;
                 }
+                popped = true;
                 used_any = true;
             }
+            // Look again only after a pass that made progress: a guest that moves the
+            // avail index absurdly far makes enable_notification report work that pop
+            // refuses, and retrying that would spin the device thread forever.
             match active.queue.enable_notification(&active.mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
+                Ok(true) if popped => continue,
+                Ok(_) => break,
                 Err(e) => {
                     warn!("virtio-blk: queue unusable: {e}");
                     return;

@@ -253,3 +253,29 @@ fn unusable_images_are_refused_with_their_path() {
     assert!(Block::new(&empty, false, "vda").is_err());
     assert!(Block::new(dir.path(), true, "vda").is_err());
 }
+
+#[test]
+fn a_bogus_avail_index_does_not_hang_the_device() {
+    let f = disk_file(8);
+    let mut block = Block::new(f.path(), false, "vda").unwrap();
+    let mem = memory();
+    let q = MockSplitQueue::new(&mem, 16);
+    let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+    block
+        .activate(ActivateContext {
+            mem: mem.clone(),
+            queues: vec![q.create_queue::<Queue>().unwrap()],
+            interrupt: irq,
+            events: EventRegistrar::new(Arc::new(Epoll::new().unwrap()), 0),
+        })
+        .unwrap();
+    // The driver claims 1000 new buffers in a queue of 16.
+    q.avail().idx().store(1000);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        block.queue_notify(0);
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(5))
+        .expect("queue_notify returned");
+}
