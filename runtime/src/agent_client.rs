@@ -5,7 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use husk_protocol::{
     check_version, read_frame, write_frame, Envelope, Request, Response, AGENT_CONTROL_PORT,
     PROTOCOL_VERSION,
@@ -69,18 +69,14 @@ impl AgentClient {
         deadline: Instant,
         mut vm_alive: impl FnMut() -> Result<()>,
     ) -> Result<Self> {
-        let mut last_err = None;
         loop {
             vm_alive()?;
-            match vsock_connect(uds, AGENT_CONTROL_PORT, Duration::from_secs(5)) {
+            let err = match vsock_connect(uds, AGENT_CONTROL_PORT, Duration::from_secs(5)) {
                 Ok(stream) => return Self::handshake(stream),
-                Err(e) => last_err = Some(e),
-            }
+                Err(e) => e,
+            };
             if Instant::now() >= deadline {
-                bail!(
-                    "the guest agent did not answer in time (last error: {})",
-                    last_err.map_or_else(|| "none".into(), |e| e.to_string())
-                );
+                bail!("the guest agent did not answer in time (last error: {err})");
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -142,14 +138,6 @@ impl AgentClient {
                 return Ok(resp.body);
             }
             // Responses to earlier, abandoned requests: skip them.
-        }
-    }
-
-    /// Like [`AgentClient::call`], turning an agent `Error` into an error.
-    pub fn call_ok(&mut self, req: Request) -> Result<Response> {
-        match self.call(req)? {
-            Response::Error { message } => Err(anyhow!("{message}")),
-            r => Ok(r),
         }
     }
 }

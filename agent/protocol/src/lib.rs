@@ -309,11 +309,25 @@ mod tests {
     #[test]
     fn two_frames_in_one_stream_are_read_in_order() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, &Envelope { id: 1, body: Response::Ok }).unwrap();
+        write_frame(
+            &mut buf,
+            &Envelope {
+                id: 1,
+                body: Response::Ok,
+            },
+        )
+        .unwrap();
         let exited = Response::Exited {
             status: ExitStatus::Signal(9),
         };
-        write_frame(&mut buf, &Envelope { id: 2, body: exited.clone() }).unwrap();
+        write_frame(
+            &mut buf,
+            &Envelope {
+                id: 2,
+                body: exited.clone(),
+            },
+        )
+        .unwrap();
         let mut c = Cursor::new(buf);
         let a: Envelope<Response> = read_frame(&mut c).unwrap();
         let b: Envelope<Response> = read_frame(&mut c).unwrap();
@@ -353,7 +367,10 @@ mod tests {
         let full = framed(br#"{"type":"ok"}"#);
         for cut in 1..full.len() {
             let err = read_frame::<_, Response>(&mut Cursor::new(&full[..cut])).unwrap_err();
-            assert!(matches!(err, ProtocolError::Truncated), "cut at {cut}: {err}");
+            assert!(
+                matches!(err, ProtocolError::Truncated),
+                "cut at {cut}: {err}"
+            );
         }
     }
 
@@ -368,7 +385,10 @@ mod tests {
         ] {
             let err =
                 read_frame::<_, Envelope<Request>>(&mut Cursor::new(framed(body))).unwrap_err();
-            assert!(matches!(err, ProtocolError::Malformed(_)), "{body:?}: {err}");
+            assert!(
+                matches!(err, ProtocolError::Malformed(_)),
+                "{body:?}: {err}"
+            );
         }
     }
 
