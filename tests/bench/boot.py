@@ -40,7 +40,7 @@ def qemu_boot(a, tmp):
     cmd = [a.qemu, "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128", "-smp", "1",
            "-nodefaults", "-no-user-config", "-display", "none", "-serial", f"file:{log}",
            "-kernel", a.kernel, "-initrd", a.initrd,
-           "-append", "reboot=t panic=1 nomodule no_timer_check tsc=reliable "
+           "-append", "reboot=t panic=1 no_timer_check tsc=reliable "
                       "rcupdate.rcu_expedited=1 cryptomgr.notests husk.ready=ttyS0",
            "-drive", f"id=r,file={a.disk},format=raw,if=none,readonly=on",
            "-device", "virtio-blk-device,drive=r", "-no-reboot"]

@@ -32,7 +32,7 @@ use crate::{VmConfig, VmmError};
 /// poweroff reach the VMM as a keyboard-controller reset; `panic=1` turns a guest panic
 /// into one too instead of a hung VM. The rest trims boot work a microVM does not need.
 pub const BASE_CMDLINE: &str =
-    "reboot=k panic=1 nomodule no_timer_check tsc=reliable rcupdate.rcu_expedited=1 cryptomgr.notests";
+    "reboot=k panic=1 no_timer_check tsc=reliable rcupdate.rcu_expedited=1 cryptomgr.notests";
 
 /// Smallest guest husk boots: the kernel is loaded at 16 MiB and needs room above it.
 pub const MIN_MEM_MIB: u64 = 32;

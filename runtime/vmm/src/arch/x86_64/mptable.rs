@@ -70,14 +70,19 @@ pub fn build(num_cpus: u8) -> Result<Vec<u8>, MpTableError> {
     entries.extend_from_slice(&ioapic);
     count += 1;
     for irq in 0..=IRQ_MAX as u8 {
-        // Pin 0 carries the PIC's ExtINT; the rest are ISA IRQs wired one to one, with
-        // "conforms to bus" polarity and trigger (edge, active high), matching irqfd pulses.
-        let kind = if irq == 0 {
-            INT_TYPE_EXTINT
-        } else {
-            INT_TYPE_INT
-        };
-        entries.extend_from_slice(&[ENTRY_IO_INTERRUPT, kind, 0, 0, 0, irq, ioapic_id, irq]);
+        // Every ISA IRQ wired one to one, "conforms to bus" polarity and trigger (edge,
+        // active high), matching irqfd pulses. IRQ 0 must be a plain INT too: Linux sets up
+        // the timer's IOAPIC route from it; the PIC's ExtINT reaches the CPU through LINT0.
+        entries.extend_from_slice(&[
+            ENTRY_IO_INTERRUPT,
+            INT_TYPE_INT,
+            0,
+            0,
+            0,
+            irq,
+            ioapic_id,
+            irq,
+        ]);
         count += 1;
     }
     entries.extend_from_slice(&[ENTRY_LOCAL_INTERRUPT, INT_TYPE_EXTINT, 0, 0, 0, 0, 0, 0]);
@@ -148,6 +153,15 @@ mod tests {
         }
         let count = u16::from_le_bytes([t[16 + 34], t[16 + 35]]);
         assert_eq!(count as usize, 3 + 1 + 1 + 24 + 2);
+        // Every IOAPIC pin, 0 included, is a plain INT: Linux routes the timer from IRQ 0.
+        let io = &entries[3 * CPU_ENTRY_LEN + 16..];
+        for pin in 0..24u8 {
+            let e = &io[pin as usize * 8..pin as usize * 8 + 8];
+            assert_eq!(
+                (e[0], e[1], e[5], e[7]),
+                (ENTRY_IO_INTERRUPT, INT_TYPE_INT, pin, pin)
+            );
+        }
     }
 
     #[test]
