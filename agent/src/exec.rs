@@ -9,6 +9,7 @@ use std::ffi::{c_char, CString};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
 use std::ptr;
 
 use anyhow::{bail, Context};
@@ -92,10 +93,10 @@ pub fn exec(
             Err(match stage {
                 Stage::Setsid => anyhow::anyhow!("setsid: {err}"),
                 Stage::Stdio => anyhow::anyhow!("set up stdio: {err}"),
-                Stage::Chroot => anyhow::anyhow!(
-                    "chroot {}: {err}",
-                    root.as_deref().unwrap_or("/".as_ref()).display()
-                ),
+                Stage::Chroot => {
+                    let root = root.as_deref().unwrap_or(Path::new("/"));
+                    anyhow::anyhow!("chroot {}: {err}", root.display())
+                }
                 Stage::Chdir => anyhow::anyhow!("chdir {:?}: {err}", req.cwd),
                 Stage::Exec => anyhow::anyhow!("exec {argv0:?}: {err}"),
             })
@@ -151,21 +152,21 @@ fn connect_stdio(req: &ExecRequest, transport: &Transport) -> anyhow::Result<[Ow
         .into();
     let spec = &req.stdio;
     let mut fds = Vec::with_capacity(3);
-    for (kind, piped) in [
-        (StreamKind::Stdin, spec.stdin),
-        (StreamKind::Stdout, spec.stdout),
-        (StreamKind::Stderr, spec.stderr),
+    for (kind, name, piped) in [
+        (StreamKind::Stdin, "stdin", spec.stdin),
+        (StreamKind::Stdout, "stdout", spec.stdout),
+        (StreamKind::Stderr, "stderr", spec.stderr),
     ] {
         let fd = if piped {
             let mut conn = transport
                 .connect_stdio(spec.port)
-                .with_context(|| format!("{kind:?} stream"))?;
+                .with_context(|| format!("{name} stream"))?;
             let hello = StreamHello {
                 exec_id: req.exec_id.clone(),
                 stream: kind,
             };
             husk_protocol::write_frame(&mut conn, &hello)
-                .with_context(|| format!("send the hello of the {kind:?} stream"))?;
+                .with_context(|| format!("send the hello of the {name} stream"))?;
             conn.into_fd()
         } else {
             null.try_clone().context("duplicate /dev/null")?
