@@ -1,6 +1,6 @@
 //! Execs with a root disk: a real ext4 image on a loop device, mounted by the agent in a
-//! mount namespace of its own. Needs root, loop devices, busybox and unshare; where any
-//! is missing the tests say so and pass without checking anything.
+//! mount namespace of its own. Needs root, loop devices, busybox and unshare (CI and the
+//! development machines have them); where any is missing the tests fail and say which.
 
 use std::path::Path;
 use std::process::Command;
@@ -24,17 +24,14 @@ impl Drop for LoopDevice {
 }
 
 /// An ext4 image holding static busybox (as sh, cat, touch, test) and /hello.txt, on a
-/// loop device; `None` (after saying why) where this machine cannot provide one.
-fn busybox_root_device() -> Option<LoopDevice> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: root disks need root");
-        return None;
-    }
+/// loop device. Panics, naming what is missing, where this machine cannot provide one.
+fn busybox_root_device() -> LoopDevice {
+    require_root();
     let busybox = Path::new("/bin/busybox");
-    if !busybox.is_file() || Command::new("unshare").arg("--version").output().is_err() {
-        eprintln!("skipped: needs /bin/busybox and unshare");
-        return None;
-    }
+    assert!(
+        busybox.is_file() && Command::new("unshare").arg("--version").output().is_ok(),
+        "this test needs /bin/busybox (busybox-static) and unshare"
+    );
     let src = tempfile::tempdir().unwrap();
     for dir in ["bin", "proc", "sys", "dev", "tmp"] {
         std::fs::create_dir(src.path().join(dir)).unwrap();
@@ -59,14 +56,18 @@ fn busybox_root_device() -> Option<LoopDevice> {
         .output()
         .ok()
         .filter(|o| o.status.success());
-    let Some(out) = out else {
-        eprintln!("skipped: no loop device available");
-        return None;
-    };
-    Some(LoopDevice {
+    let out = out.expect("this test needs a free loop device (losetup --find failed)");
+    LoopDevice {
         device: String::from_utf8(out.stdout).unwrap().trim().to_owned(),
         _image_dir: image_dir,
-    })
+    }
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test mounts filesystems and needs root"
+    );
 }
 
 fn exec_in_root(exec_id: &str, script: &str, port: u32, root: RootDisk) -> Request {
@@ -87,9 +88,7 @@ fn exec_in_root(exec_id: &str, script: &str, port: u32, root: RootDisk) -> Reque
 
 #[test]
 fn process_runs_chrooted_in_its_read_only_root_disk_with_proc_dev_and_tmp() {
-    let Some(disk) = busybox_root_device() else {
-        return;
-    };
+    let disk = busybox_root_device();
     let mut agent = TestAgent::start_in_own_mount_namespace();
     let mut client = agent.client();
     let root = RootDisk {
@@ -137,10 +136,7 @@ fn process_runs_chrooted_in_its_read_only_root_disk_with_proc_dev_and_tmp() {
 
 #[test]
 fn a_root_that_cannot_be_mounted_is_an_error_naming_the_device() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: mounting needs root");
-        return;
-    }
+    require_root();
     let agent = TestAgent::start_in_own_mount_namespace();
     let mut client = agent.client();
     let root = RootDisk {
