@@ -7,17 +7,14 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 bash scripts/install-deps.sh >&2
-kernel=$(guest-kernel-config/build-kernel.sh | tail -n 1)
-initrd=$(scripts/build-guest.sh | tail -n 1)
-cargo build --release -q -p husk -p husk-rootfs-builder
+. scripts/common.sh
+husk_build
 out=$repo/target/husk-bench
-mkdir -p "$out/rootfs/bin" "$out/rootfs"/{proc,sys,dev,tmp,run,etc,root}
-cp /bin/busybox "$out/rootfs/bin/busybox"
-for a in $(/bin/busybox --list); do [ -e "$out/rootfs/bin/$a" ] || ln -s busybox "$out/rootfs/bin/$a"; done
-target/release/husk-rootfs-builder ext4 --from "$out/rootfs" --out "$out/busybox.img" >/dev/null
-bench=(python3 tests/bench/boot.py --husk "$repo/target/release/husk" --kernel "$kernel"
-       --initrd "$initrd" --disk "$out/busybox.img" --out "$out/boot.json" "$@")
-if [ -c /dev/kvm ] && [ ! -d /sys/module/kvm_pvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
+mkdir -p "$out"
+image=$(husk_busybox_image "$out")
+bench=(python3 tests/bench/boot.py --husk "$repo/target/release/husk" --kernel "$HUSK_KERNEL"
+       --initrd "$HUSK_INITRD" --disk "$image" --out "$out/boot.json" "$@")
+if husk_kvm_boots_linux; then
     echo "bench: MODE direct" >&2
     "${bench[@]}"
 else

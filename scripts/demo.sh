@@ -11,17 +11,12 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 bash scripts/install-deps.sh >&2
 [ $# -gt 0 ] || set -- uname -a
-kernel=$(guest-kernel-config/build-kernel.sh | tail -n 1)
-initrd=$(scripts/build-guest.sh | tail -n 1)
-cargo build --release -q -p husk -p husk-rootfs-builder
-out=$repo/target/husk-demo
-mkdir -p "$out/rootfs/bin" "$out/rootfs"/{proc,sys,dev,tmp,run,etc,root}
-cp /bin/busybox "$out/rootfs/bin/busybox"
-for a in $(/bin/busybox --list); do [ -e "$out/rootfs/bin/$a" ] || ln -s busybox "$out/rootfs/bin/$a"; done
-target/release/husk-rootfs-builder ext4 --from "$out/rootfs" --out "$out/busybox.img" >/dev/null
-run=(target/release/husk vm run --kernel "$kernel" --initrd "$initrd" --disk "$out/busybox.img:ro" -- "$@")
+. scripts/common.sh
+husk_build
+image=$(husk_busybox_image "$repo/target/husk-demo")
+run=(target/release/husk vm run --kernel "$HUSK_KERNEL" --initrd "$HUSK_INITRD" --disk "$image:ro" -- "$@")
 echo "host kernel: $(uname -r)" >&2
-if [ -c /dev/kvm ] && [ ! -d /sys/module/kvm_pvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
+if husk_kvm_boots_linux; then
     exec "${run[@]}"
 else
     echo "demo: this /dev/kvm cannot boot Linux; running inside a software-emulated KVM test host (slow)" >&2

@@ -17,17 +17,11 @@ cd "$repo"
 out=$repo/target/husk-vm-tier
 mkdir -p "$out"
 log() { echo "vm-tier: $*" >&2; }
-
-kvm_boots_linux() {
-    [ -c /dev/kvm ] || return 1
-    [ -d /sys/module/kvm_pvm ] && return 1
-    grep -qwE 'vmx|svm' /proc/cpuinfo || return 1
-    [ -d /sys/module/kvm_intel ] || [ -d /sys/module/kvm_amd ]
-}
+. scripts/common.sh
 
 mode=${HUSK_VM_TIER_MODE:-}
 if [ -z "$mode" ]; then
-    if kvm_boots_linux; then mode=direct; else mode=testhost; fi
+    if husk_kvm_boots_linux; then mode=direct; else mode=testhost; fi
 fi
 case "$mode" in
     direct) log "MODE: direct (this host's /dev/kvm boots Linux guests)" ;;
@@ -35,12 +29,9 @@ case "$mode" in
     *) log "unknown HUSK_VM_TIER_MODE=$mode (direct or testhost)"; exit 2 ;;
 esac
 
-log "building the guest kernel (cached)"
-kernel=$(guest-kernel-config/build-kernel.sh | tail -n 1)
-log "building the agent and the initramfs"
-initrd=$(scripts/build-guest.sh | tail -n 1)
-log "building husk and the test binaries"
-cargo build --release -q -p husk -p husk-rootfs-builder
+log "building the guest kernel (cached), the agent, initramfs and husk"
+husk_build
+log "building the test binaries"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q -p husk-tests \
     --bin husk-vsock-peer --target x86_64-unknown-linux-gnu
 testbin=$(cargo test --release -q -p husk-tests --test vm_tier --no-run --message-format=json 2>/dev/null |
@@ -52,20 +43,9 @@ for l in sys.stdin:
 [ -x "$testbin" ] || { log "could not find the vm_tier test binary"; exit 1; }
 
 log "building the busybox test disk"
-rootfs=$out/rootfs
-rm -rf "$rootfs"
-mkdir -p "$rootfs"/{bin,sbin,etc,proc,sys,dev,tmp,run,root,usr/bin,usr/sbin}
-cp /bin/busybox "$rootfs/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [ -e "$rootfs/bin/$applet" ] || ln -s busybox "$rootfs/bin/$applet"
-done
-cp target/x86_64-unknown-linux-gnu/release/husk-vsock-peer "$rootfs/husk-vsock-peer"
-echo "root:x:0:0:root:/root:/bin/sh" >"$rootfs/etc/passwd"
-echo "root:x:0:" >"$rootfs/etc/group"
-target/release/husk-rootfs-builder ext4 --from "$rootfs" --out "$out/busybox.img" >/dev/null
+husk_busybox_image "$out" target/x86_64-unknown-linux-gnu/release/husk-vsock-peer >/dev/null
 
-export HUSK_BIN=$repo/target/release/husk HUSK_KERNEL=$kernel HUSK_INITRD=$initrd \
-    HUSK_TEST_ROOTFS=$out/busybox.img
+export HUSK_BIN=$repo/target/release/husk HUSK_TEST_ROOTFS=$out/busybox.img
 log "kernel $HUSK_KERNEL"
 log "initrd $HUSK_INITRD"
 test_args=(--ignored --test-threads=1 "$@")

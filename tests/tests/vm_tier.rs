@@ -29,6 +29,11 @@ fn guest_kernel_release(vmlinux: &Path) -> String {
     String::from_utf8(rest[..end].to_vec()).unwrap()
 }
 
+/// Runs `sh -c script` in a microVM whose extra `husk vm run` options are `opts`.
+fn sh(t: &VmTier, tmp: &Path, opts: &[&str], script: &str) -> std::process::Output {
+    output(t.vm_run(tmp).args(opts).args(["--", "sh", "-c", script]))
+}
+
 fn stdout_of(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
@@ -60,12 +65,8 @@ fn guest_reports_its_own_kernel_release() {
 fn nonzero_exit_status_and_signals_come_back_intact() {
     let (t, tmp) = tier();
     let img = t.rootfs_copy(tmp.path(), "root.img");
-    let o = output(t.vm_run(tmp.path()).arg("--disk").arg(&img).args([
-        "--",
-        "sh",
-        "-c",
-        "echo out; echo err >&2; exit 42",
-    ]));
+    let disk = ["--disk", img.to_str().unwrap()];
+    let o = sh(&t, tmp.path(), &disk, "echo out; echo err >&2; exit 42");
     assert_eq!(o.status.code(), Some(42), "{}", show(&o));
     assert_eq!(stdout_of(&o), "out");
     assert_eq!(
@@ -73,13 +74,7 @@ fn nonzero_exit_status_and_signals_come_back_intact() {
         "err",
         "stdout and stderr stay apart"
     );
-    let o =
-        output(
-            t.vm_run(tmp.path())
-                .arg("--disk")
-                .arg(&img)
-                .args(["--", "sh", "-c", "kill -9 $$"]),
-        );
+    let o = sh(&t, tmp.path(), &disk, "kill -9 $$");
     assert_eq!(o.status.code(), Some(137), "{}", show(&o));
 }
 
@@ -88,12 +83,13 @@ fn nonzero_exit_status_and_signals_come_back_intact() {
 fn file_written_in_the_guest_is_on_the_host_image_after_shutdown() {
     let (t, tmp) = tier();
     let img = t.rootfs_copy(tmp.path(), "root.img");
-    let o = output(t.vm_run(tmp.path()).arg("--disk").arg(&img).args([
-        "--",
-        "sh",
-        "-c",
+    let disk = ["--disk", img.to_str().unwrap()];
+    let o = sh(
+        &t,
+        tmp.path(),
+        &disk,
         "echo written-in-the-guest > /hello.txt",
-    ]));
+    );
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let d = Command::new("debugfs")
         .args(["-R", "cat /hello.txt"])
@@ -115,19 +111,13 @@ fn read_only_disks_refuse_writes() {
     let root = t.rootfs_copy(tmp.path(), "root.img");
     let ro = t.rootfs_copy(tmp.path(), "ro.img");
     let before = sha256_hex(&std::fs::read(&ro).unwrap());
+    let ro_disk = format!("{}:ro", ro.display());
     // A raw write to the read-only second disk fails in the guest.
-    let o = output(
-        t.vm_run(tmp.path())
-            .arg("--disk")
-            .arg(&root)
-            .arg("--disk")
-            .arg(format!("{}:ro", ro.display()))
-            .args([
-                "--",
-                "sh",
-                "-c",
-                "test -b /dev/vdb || exit 3; dd if=/dev/zero of=/dev/vdb bs=4096 count=16 conv=fsync && exit 0; exit 4",
-            ]),
+    let o = sh(
+        &t,
+        tmp.path(),
+        &["--disk", root.to_str().unwrap(), "--disk", &ro_disk],
+        "test -b /dev/vdb || exit 3; dd if=/dev/zero of=/dev/vdb bs=4096 count=16 conv=fsync && exit 0; exit 4",
     );
     assert_eq!(
         o.status.code(),
@@ -136,12 +126,7 @@ fn read_only_disks_refuse_writes() {
         show(&o)
     );
     // A read-only root refuses file creation.
-    let o = output(
-        t.vm_run(tmp.path())
-            .arg("--disk")
-            .arg(format!("{}:ro", ro.display()))
-            .args(["--", "sh", "-c", "touch /new-file"]),
-    );
+    let o = sh(&t, tmp.path(), &["--disk", &ro_disk], "touch /new-file");
     assert_ne!(o.status.code(), Some(0), "{}", show(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("Read-only"),
@@ -224,12 +209,12 @@ fn guest_initiated_stdio_streams_carry_64_mib_both_ways() {
     );
 
     // Guest -> host: 64 MiB on stdout, its digest on stderr.
-    let o = output(t.vm_run(tmp.path()).args(["--memory", "256", "--disk"]).arg(&img).args([
-        "--",
-        "sh",
-        "-c",
+    let o = sh(
+        &t,
+        tmp.path(),
+        &["--memory", "256", "--disk", img.to_str().unwrap()],
         "head -c 67108864 /dev/urandom > /tmp/blob && sha256sum /tmp/blob >&2 && cat /tmp/blob",
-    ]));
+    );
     assert_eq!(
         o.status.code(),
         Some(0),
@@ -251,16 +236,18 @@ fn guest_initiated_stdio_streams_carry_64_mib_both_ways() {
 fn guest_sees_the_chosen_vcpus_and_memory() {
     let (t, tmp) = tier();
     let img = t.rootfs_copy(tmp.path(), "root.img");
-    let o = output(
-        t.vm_run(tmp.path())
-            .args(["--cpus", "2", "--memory", "256", "--disk"])
-            .arg(&img)
-            .args([
-                "--",
-                "sh",
-                "-c",
-                "grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo",
-            ]),
+    let o = sh(
+        &t,
+        tmp.path(),
+        &[
+            "--cpus",
+            "2",
+            "--memory",
+            "256",
+            "--disk",
+            img.to_str().unwrap(),
+        ],
+        "grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo",
     );
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let out = stdout_of(&o);

@@ -1,0 +1,38 @@
+# Shared by scripts/demo.sh, scripts/bench-boot.sh and tests/vm-tier.sh. Source it from the
+# repository root; it defines functions only.
+
+# Whether this machine's /dev/kvm can boot a Linux guest (hardware vmx/svm with kvm_intel or
+# kvm_amd). The development machines' kvm_pvm cannot (see shared/ENVIRONMENT.md).
+husk_kvm_boots_linux() {
+    [ -c /dev/kvm ] || return 1
+    [ -d /sys/module/kvm_pvm ] && return 1
+    grep -qwE 'vmx|svm' /proc/cpuinfo || return 1
+    [ -d /sys/module/kvm_intel ] || [ -d /sys/module/kvm_amd ]
+}
+
+# Builds the guest kernel (cached), the static agent and initramfs, and release husk and
+# husk-rootfs-builder. Sets HUSK_KERNEL and HUSK_INITRD.
+husk_build() {
+    HUSK_KERNEL=$(guest-kernel-config/build-kernel.sh | tail -n 1)
+    HUSK_INITRD=$(scripts/build-guest.sh | tail -n 1)
+    cargo build --release -q -p husk -p husk-rootfs-builder
+    export HUSK_KERNEL HUSK_INITRD
+}
+
+# husk_busybox_image DIR [FILE...]: a busybox ext4 image at DIR/busybox.img with every applet
+# linked in /bin and each FILE copied to the image's root. Prints the image path.
+husk_busybox_image() {
+    local dir=$1 rootfs=$1/rootfs applet
+    shift
+    rm -rf "$rootfs"
+    mkdir -p "$rootfs"/{bin,proc,sys,dev,tmp,run,etc,root}
+    cp /bin/busybox "$rootfs/bin/busybox"
+    for applet in $(/bin/busybox --list); do
+        [ -e "$rootfs/bin/$applet" ] || ln -s busybox "$rootfs/bin/$applet"
+    done
+    echo "root:x:0:0:root:/root:/bin/sh" >"$rootfs/etc/passwd"
+    echo "root:x:0:" >"$rootfs/etc/group"
+    [ $# -eq 0 ] || cp "$@" "$rootfs/"
+    target/release/husk-rootfs-builder ext4 --from "$rootfs" --out "$dir/busybox.img" >/dev/null
+    echo "$dir/busybox.img"
+}
