@@ -147,6 +147,11 @@ fn request_name(request: &Request) -> &'static str {
         Request::Wait { .. } => "wait",
         Request::Signal { .. } => "signal",
         Request::Shutdown => "shutdown",
+        Request::CreateContainer(_) => "create container",
+        Request::StartContainer { .. } => "start container",
+        Request::Resize { .. } => "resize",
+        Request::Ps { .. } => "ps",
+        Request::RemoveContainer { .. } => "remove container",
     }
 }
 
@@ -181,10 +186,21 @@ fn respond(agent: &Agent, request: Request) -> Response {
             .table
             .wait(&exec_id)
             .map(|status| Response::Exited { status }),
-        Request::Signal { exec_id, signal } => {
-            agent.table.signal(&exec_id, signal).map(|()| Response::Ok)
-        }
+        Request::Signal {
+            exec_id,
+            signal,
+            all: false,
+        } => agent.table.signal(&exec_id, signal).map(|()| Response::Ok),
         Request::Shutdown => Ok(Response::Ok),
+        other @ (Request::Signal { all: true, .. }
+        | Request::CreateContainer(_)
+        | Request::StartContainer { .. }
+        | Request::Resize { .. }
+        | Request::Ps { .. }
+        | Request::RemoveContainer { .. }) => Err(anyhow::anyhow!(
+            "this agent does not support {} yet",
+            request_name(&other)
+        )),
     };
     result.unwrap_or_else(|e| Response::Error {
         message: format!("{e:#}"),

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version; both sides refuse a peer whose version differs.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame either side accepts (1 MiB).
 pub const MAX_FRAME_SIZE: u32 = 1 << 20;
 /// vsock port the agent listens on for the control connection.
@@ -124,19 +124,51 @@ pub enum Request {
         /// The host's [`PROTOCOL_VERSION`].
         version: u32,
     },
-    /// Start a process in the guest.
+    /// Start a process in the guest, or in a container's namespaces.
     Exec(ExecRequest),
+    /// Create an OCI container: mount its root, set up its namespaces and mounts, and
+    /// start its process stopped before `execve` (the OCI "created" state). Answered with
+    /// `Started { pid }`; the container's exec id is its container id.
+    CreateContainer(ContainerRequest),
+    /// Let a created container's process run its program (the OCI "start" operation).
+    StartContainer {
+        /// The container.
+        container_id: String,
+    },
+    /// Change the window size of the terminal of an exec or container.
+    Resize {
+        /// The exec (or container) id.
+        exec_id: String,
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// List the guest pids of every process in a container. Answered with `Pids`.
+    Ps {
+        /// The container.
+        container_id: String,
+    },
+    /// Kill whatever is left of a container and release its mounts and root device.
+    RemoveContainer {
+        /// The container.
+        container_id: String,
+    },
     /// Wait for a process started by `Exec` to end.
     Wait {
         /// The exec id given in [`ExecRequest::exec_id`].
         exec_id: String,
     },
-    /// Send a signal to a process started by `Exec`.
+    /// Send a signal to a process started by `Exec` or `CreateContainer`.
     Signal {
-        /// The exec id given in [`ExecRequest::exec_id`].
+        /// The exec id given in [`ExecRequest::exec_id`] (a container id for a container's
+        /// own process).
         exec_id: String,
         /// Signal number.
         signal: i32,
+        /// Signal every process of the container the exec belongs to, not just the one.
+        #[serde(default)]
+        all: bool,
     },
     /// Flush filesystems and power the guest off. Answered before the guest goes down.
     Shutdown,
@@ -157,6 +189,28 @@ pub struct ExecRequest {
     /// guest's own (initramfs) root.
     pub root: Option<RootDisk>,
     /// Which stdio streams are connected to the host.
+    pub stdio: StdioSpec,
+    /// Run in this container's namespaces, root and cgroup instead of the guest's.
+    #[serde(default)]
+    pub container_id: Option<String>,
+    /// An OCI `process` object (runtime-spec config.json schema). When present it defines
+    /// the process (args, env, cwd, user, capabilities, rlimits, noNewPrivileges, terminal,
+    /// ...) and `argv`, `env` and `cwd` above are ignored.
+    #[serde(default)]
+    pub process: Option<serde_json::Value>,
+}
+
+/// An OCI container to create.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRequest {
+    /// Unique among the containers of this guest; also the exec id of its process.
+    pub container_id: String,
+    /// The bundle's `config.json`, as the host read and checked it. Its `root.path` is
+    /// ignored: the root is `root` below (`root.readonly` still applies).
+    pub spec: serde_json::Value,
+    /// The block device holding the container's root filesystem.
+    pub root: RootDisk,
+    /// How the process's stdio reaches the host (`terminal` follows `process.terminal`).
     pub stdio: StdioSpec,
 }
 
@@ -182,6 +236,10 @@ pub struct StdioSpec {
     pub stdout: bool,
     /// Connect stderr.
     pub stderr: bool,
+    /// Give the process a pseudo-terminal; its master travels on one stream of kind
+    /// [`StreamKind::Terminal`] in both directions and the three flags above are ignored.
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 /// First frame on a stdio connection from the agent to the host.
@@ -203,6 +261,8 @@ pub enum StreamKind {
     Stdout,
     /// Process to host.
     Stderr,
+    /// A terminal: host keystrokes in, terminal output out.
+    Terminal,
 }
 
 /// Responses the agent sends.
@@ -225,6 +285,11 @@ pub enum Response {
     Exited {
         /// How it ended.
         status: ExitStatus,
+    },
+    /// Answer to `Ps`.
+    Pids {
+        /// Guest pids, the container's own process first.
+        pids: Vec<i32>,
     },
     /// The request was carried out.
     Ok,
@@ -297,7 +362,10 @@ mod tests {
                     stdin: false,
                     stdout: true,
                     stderr: true,
+                    terminal: false,
                 },
+                container_id: None,
+                process: None,
             }),
         };
         let mut buf = Vec::new();
@@ -405,5 +473,45 @@ mod tests {
             check_version(PROTOCOL_VERSION + 1),
             Err(ProtocolError::VersionMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn container_requests_round_trip_with_their_spec() {
+        let spec = serde_json::json!({"ociVersion": "1.0.2", "process": {"args": ["sh"]}});
+        let req = Envelope {
+            id: 3,
+            body: Request::CreateContainer(ContainerRequest {
+                container_id: "c1".into(),
+                spec: spec.clone(),
+                root: RootDisk {
+                    device: "/dev/vda".into(),
+                    fstype: "ext4".into(),
+                    readonly: false,
+                },
+                stdio: StdioSpec {
+                    port: 7,
+                    terminal: true,
+                    ..StdioSpec::default()
+                },
+            }),
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &req).unwrap();
+        let back: Envelope<Request> = read_frame(&mut Cursor::new(buf)).unwrap();
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn fields_added_in_version_2_default_when_absent() {
+        let old = br#"{"id":1,"body":{"type":"signal","exec_id":"e","signal":15}}"#;
+        let back: Envelope<Request> = read_frame(&mut Cursor::new(framed(old))).unwrap();
+        assert_eq!(
+            back.body,
+            Request::Signal {
+                exec_id: "e".into(),
+                signal: 15,
+                all: false
+            }
+        );
     }
 }

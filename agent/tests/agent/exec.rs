@@ -79,6 +79,7 @@ fn the_process_gets_exactly_the_given_env_and_cwd() {
         stdin: false,
         stdout: true,
         stderr: false,
+        terminal: false,
     };
     let request = Request::Exec(ExecRequest {
         exec_id: "env".into(),
@@ -89,6 +90,8 @@ fn the_process_gets_exactly_the_given_env_and_cwd() {
         cwd: "/tmp".into(),
         root: None,
         stdio: stdio.clone(),
+        container_id: None,
+        process: None,
     });
     assert!(matches!(client.request(request), Response::Started { .. }));
     let mut streams = listener.accept_streams("env", &stdio);
@@ -171,6 +174,7 @@ fn the_process_leads_its_own_session() {
     let kill = Request::Signal {
         exec_id: "s".into(),
         signal: 9,
+        all: false,
     };
     assert_eq!(client.request(kill), Response::Ok);
 }

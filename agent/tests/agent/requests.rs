@@ -9,6 +9,7 @@ fn signal(exec_id: &str, signal: i32) -> Request {
     Request::Signal {
         exec_id: exec_id.into(),
         signal,
+        all: false,
     }
 }
 

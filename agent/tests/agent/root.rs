@@ -82,7 +82,10 @@ fn exec_in_root(exec_id: &str, script: &str, port: u32, root: RootDisk) -> Reque
             stdin: false,
             stdout: true,
             stderr: false,
+            terminal: false,
         },
+        container_id: None,
+        process: None,
     })
 }
 

@@ -213,6 +213,7 @@ impl Client {
             stdin: pipe_stdin,
             stdout: true,
             stderr: true,
+            terminal: false,
         };
         let response = self.request(exec_request(exec_id, argv, stdio.clone()));
         let Response::Started { pid } = response else {
@@ -237,6 +238,8 @@ pub fn exec_request(exec_id: &str, argv: &[&str], stdio: StdioSpec) -> Request {
         cwd: "/".into(),
         root: None,
         stdio,
+        container_id: None,
+        process: None,
     })
 }
 

@@ -221,7 +221,10 @@ fn exec(
             stdin: args.interactive,
             stdout: true,
             stderr: true,
+            terminal: false,
         },
+        container_id: None,
+        process: None,
     }))?;
     let mut streams =
         listener.accept_streams(&exec_id, &want, agent.as_fd(), Duration::from_secs(60))?;
