@@ -119,6 +119,40 @@ impl RunningVm {
             .unwrap_or_else(|| VmExit::Error("VM ended without a reason".into()))
     }
 
+    /// Freezes the guest: every vCPU leaves KVM_RUN and parks until
+    /// [`RunningVm::resume`]. Devices stay up (an idle guest gives them nothing to do).
+    pub fn pause(&self) -> Result<(), VmmError> {
+        self.control.request_pause();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // A kick can land just before a vCPU enters KVM_RUN; kick until all are parked.
+        while !self
+            .control
+            .wait_parked(self.vcpus.len(), Duration::from_millis(5))
+        {
+            if self.control.should_stop() {
+                return Err(VmmError::Setup("the VM stopped while pausing".into()));
+            }
+            if std::time::Instant::now() > deadline {
+                self.control.resume();
+                return Err(VmmError::Setup("vCPUs did not pause within 10 s".into()));
+            }
+            for h in self.vcpus.iter().filter(|h| !h.is_finished()) {
+                let _ = h.kill(kick_signal());
+            }
+        }
+        Ok(())
+    }
+
+    /// Thaws a paused guest.
+    pub fn resume(&self) {
+        self.control.resume();
+    }
+
+    /// Whether the guest is paused.
+    pub fn is_paused(&self) -> bool {
+        self.control.pause_requested()
+    }
+
     /// The MMIO bus, to inspect devices.
     pub fn mmio_bus(&self) -> &Arc<MmioBus> {
         &self.bus

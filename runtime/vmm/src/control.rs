@@ -1,7 +1,8 @@
 //! How a running VM ends: the first thread to see a reason records it and wakes the owner.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -16,11 +17,20 @@ pub enum VmExit {
     Error(String),
 }
 
+/// Pause bookkeeping: whether the owner wants the vCPUs parked and how many are.
+#[derive(Default)]
+struct PauseState {
+    requested: bool,
+    parked: usize,
+}
+
 /// Shared between the owner, the vCPU threads and the device thread.
 pub struct VmControl {
     stop: AtomicBool,
     exit: Mutex<Option<VmExit>>,
     exit_evt: EventFd,
+    pause: Mutex<PauseState>,
+    pause_cv: Condvar,
 }
 
 impl VmControl {
@@ -30,7 +40,55 @@ impl VmControl {
             stop: AtomicBool::new(false),
             exit: Mutex::new(None),
             exit_evt: EventFd::new(0)?,
+            pause: Mutex::new(PauseState::default()),
+            pause_cv: Condvar::new(),
         })
+    }
+
+    fn pause_state(&self) -> MutexGuard<'_, PauseState> {
+        self.pause.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks vCPUs to park at their next exit. The caller still has to kick them out of
+    /// KVM_RUN; [`VmControl::wait_parked`] says when all are parked.
+    pub fn request_pause(&self) {
+        self.pause_state().requested = true;
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&self) {
+        self.pause_state().requested = false;
+        self.pause_cv.notify_all();
+    }
+
+    /// Whether a pause is requested (the VM is paused or pausing).
+    pub fn pause_requested(&self) -> bool {
+        self.pause_state().requested
+    }
+
+    /// Waits up to `timeout` for `count` vCPUs to be parked.
+    pub fn wait_parked(&self, count: usize, timeout: Duration) -> bool {
+        let g = self.pause_state();
+        let (g, _) = self
+            .pause_cv
+            .wait_timeout_while(g, timeout, |p| p.parked < count && !self.should_stop())
+            .unwrap_or_else(|p| p.into_inner());
+        g.parked >= count
+    }
+
+    /// Called by a vCPU thread between runs: blocks while a pause is requested, until
+    /// resumed or stopped.
+    pub fn park_if_paused(&self) {
+        let mut g = self.pause_state();
+        if !g.requested {
+            return;
+        }
+        g.parked += 1;
+        self.pause_cv.notify_all();
+        while g.requested && !self.should_stop() {
+            g = self.pause_cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        g.parked -= 1;
     }
 
     /// Records `reason` unless one is already recorded, and tells everyone to stop.
@@ -43,6 +101,9 @@ impl VmControl {
         }
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.exit_evt.write(1);
+        // Parked vCPUs must wake up to see the stop.
+        let _g = self.pause_state();
+        self.pause_cv.notify_all();
     }
 
     /// Whether threads should stop.
@@ -64,6 +125,43 @@ impl VmControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn vcpus_park_while_paused_and_run_again_on_resume() {
+        let c = Arc::new(VmControl::new().unwrap());
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (c, runs) = (c.clone(), runs.clone());
+                std::thread::spawn(move || {
+                    while !c.should_stop() {
+                        c.park_if_paused();
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                })
+            })
+            .collect();
+        c.request_pause();
+        assert!(c.wait_parked(2, Duration::from_secs(5)));
+        let frozen = runs.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            frozen,
+            "parked vCPUs do not run"
+        );
+        c.resume();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(runs.load(Ordering::SeqCst) > frozen, "resumed vCPUs run");
+        c.request_pause();
+        assert!(c.wait_parked(2, Duration::from_secs(5)));
+        c.finish(VmExit::Stopped);
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
 
     #[test]
     fn the_first_reason_wins() {

@@ -91,6 +91,10 @@ impl Vcpu {
     /// Runs the vCPU until the VM stops; the reason goes to `control`.
     pub fn run(mut self, control: Arc<VmControl>, pio: Arc<PortIoBus>, mmio: Arc<MmioBus>) {
         while !control.should_stop() {
+            control.park_if_paused();
+            if control.should_stop() {
+                break;
+            }
             let exit = match self.fd.run() {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
