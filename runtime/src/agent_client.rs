@@ -123,6 +123,12 @@ impl AgentClient {
         Ok(id)
     }
 
+    /// A second handle on the control connection: shutting it down makes a blocked
+    /// [`AgentClient::recv`] return, e.g. when the VM died under it.
+    pub fn interrupter(&self) -> std::io::Result<UnixStream> {
+        self.stream.try_clone()
+    }
+
     /// The control socket, to poll for a pending response.
     pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;

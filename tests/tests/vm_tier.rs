@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use husk_tests::{
-    output, process_with_arg_exists, pseudo_random, sha256_hex, show, vsock_connect_retry, VmTier,
+    output, output_within, process_with_arg_exists, pseudo_random, sha256_hex, show,
+    vsock_connect_retry, VmTier,
 };
 
 const MIB64: usize = 64 << 20;
@@ -262,6 +263,34 @@ fn guest_sees_the_chosen_vcpus_and_memory() {
         kib > 200 * 1024 && kib <= 256 * 1024,
         "MemTotal {kib} KiB for a 256 MiB guest"
     );
+}
+
+#[test]
+#[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
+fn guest_poweroff_halt_and_reboot_end_the_vm_cleanly() {
+    let (t, tmp) = tier();
+    let ro = format!("{}:ro", t.rootfs.display());
+    // Without ACPI, poweroff and halt stop every vCPU with interrupts off (the VMM's halt
+    // watchdog notices); reboot resets through the keyboard controller.
+    for (cmd, how) in [
+        ("poweroff -f", "powered off"),
+        ("halt -f", "powered off"),
+        ("reboot -f", "reset the machine"),
+    ] {
+        let o = output_within(
+            t.vm_run(tmp.path())
+                .args(["--disk", &ro, "--", "sh", "-c", cmd]),
+            Duration::from_secs(300),
+        )
+        .unwrap_or_else(|| panic!("`{cmd}` in the guest left the VM running"));
+        assert_eq!(o.status.code(), Some(0), "{cmd}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(how) && err.contains("before the command finished"),
+            "{cmd}: {}",
+            show(&o)
+        );
+    }
 }
 
 #[test]

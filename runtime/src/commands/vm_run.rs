@@ -3,13 +3,15 @@
 //! boot benchmark.
 
 use std::io::IsTerminal;
+use std::net::Shutdown;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use husk_protocol::{ExecRequest, Request, Response, RootDisk, StdioSpec, StreamKind};
-use husk_vmm::{DiskConfig, VmConfig, VmExit, VsockConfig};
+use husk_vmm::{DiskConfig, RunningVm, VmConfig, VmExit, VsockConfig};
 
 use crate::agent_client::AgentClient;
 use crate::stdio::{relay_in, relay_out, StdioListener};
@@ -149,7 +151,16 @@ pub fn run(args: VmRunArgs) -> Result<i32> {
     let agent_ready = started.elapsed();
     let (rss_kib, pss_kib) = memory_use_kib();
 
-    let status = exec(&mut agent, &uds, &args, root)?;
+    let status = match exec(&mut agent, &vm, &uds, &args, root)? {
+        Outcome::Exited(status) => status,
+        Outcome::GuestEnded(exit @ (VmExit::GuestReset | VmExit::GuestHalted)) => {
+            // The command (or the guest kernel) powered the machine off or rebooted it:
+            // that ends the VM cleanly, but there is no exit status to report.
+            eprintln!("husk: {} before the command finished", describe(&exit));
+            return Ok(0);
+        }
+        Outcome::GuestEnded(exit) => bail!("the microVM failed: {}; {hint}", describe(&exit)),
+    };
 
     // Power the guest off; it answers first, then resets the machine.
     let _ = agent.call(Request::Shutdown);
@@ -184,18 +195,30 @@ pub fn run(args: VmRunArgs) -> Result<i32> {
 
 fn describe(exit: &VmExit) -> String {
     match exit {
-        VmExit::GuestReset => "the guest reset the machine (kernel panic or no init?)".into(),
+        VmExit::GuestReset => {
+            "the guest reset the machine (reboot, kernel panic or no init?)".into()
+        }
+        VmExit::GuestHalted => "the guest powered off (halted)".into(),
         VmExit::Stopped => "stopped by the host".into(),
         VmExit::Error(e) => e.clone(),
     }
 }
 
+/// How a command run ended.
+enum Outcome {
+    /// It exited with this status (128+N for signal N).
+    Exited(i32),
+    /// The VM stopped under it.
+    GuestEnded(VmExit),
+}
+
 fn exec(
     agent: &mut AgentClient,
+    vm: &RunningVm,
     uds: &Path,
     args: &VmRunArgs,
     root: Option<RootDisk>,
-) -> Result<i32> {
+) -> Result<Outcome> {
     let listener = StdioListener::bind(uds, STDIO_PORT)?;
     let mut want = vec![StreamKind::Stdout, StreamKind::Stderr];
     if args.interactive {
@@ -235,7 +258,7 @@ fn exec(
                 "husk: cannot run {:?} in the guest: {message}",
                 args.command[0]
             );
-            return Ok(127);
+            return Ok(Outcome::Exited(127));
         }
         other => bail!("unexpected answer to exec: {other:?}"),
     }
@@ -250,7 +273,37 @@ fn exec(
         // Not joined: it may block on our stdin after the command is gone.
         drop(relay_in(std::io::stdin(), s));
     }
-    let status = match agent.call(Request::Wait { exec_id })? {
+    // Wait for the command while watching the VM: if the guest goes away (poweroff,
+    // panic), the agent never answers, so the watcher cuts the connection.
+    let interrupter = agent.interrupter()?;
+    let done = AtomicBool::new(false);
+    let (answer, vm_ended) = std::thread::scope(|s| {
+        let watcher = s.spawn(|| loop {
+            if done.load(Ordering::SeqCst) {
+                return None;
+            }
+            if let Some(exit) = vm.wait_timeout(Duration::from_millis(100)) {
+                let _ = interrupter.shutdown(Shutdown::Both);
+                return Some(exit);
+            }
+        });
+        let answer = agent.call(Request::Wait { exec_id });
+        done.store(true, Ordering::SeqCst);
+        (answer, watcher.join().unwrap_or(None))
+    });
+    // A guest shutting down resets its vsock connections before its CPUs stop, so a lost
+    // connection usually means the VM is about to end: give it a moment to say so.
+    let vm_ended = vm_ended.or_else(|| {
+        answer
+            .is_err()
+            .then(|| vm.wait_timeout(Duration::from_secs(30)))
+            .flatten()
+    });
+    if let Some(exit) = vm_ended {
+        // The relays may never see EOF now; they end with the process.
+        return Ok(Outcome::GuestEnded(exit));
+    }
+    let status = match answer? {
         Response::Exited { status } => status.shell_code(),
         Response::Error { message } => bail!("waiting for the command: {message}"),
         other => bail!("unexpected answer to wait: {other:?}"),
@@ -258,7 +311,7 @@ fn exec(
     for r in relays {
         let _ = r.join();
     }
-    Ok(status)
+    Ok(Outcome::Exited(status))
 }
 
 fn write_report(

@@ -74,6 +74,7 @@ fn setup<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> VmmError
 /// A VM that is running.
 pub struct RunningVm {
     control: Arc<VmControl>,
+    watchdog: Option<JoinHandle<()>>,
     vcpus: Vec<JoinHandle<()>>,
     device_thread: Option<JoinHandle<()>>,
     device_stop: EventFd,
@@ -160,6 +161,11 @@ impl RunningVm {
 
     fn shutdown(&mut self) {
         self.control.finish(VmExit::Stopped);
+        // The watchdog signals vCPU threads by pthread id: it must be gone before they are
+        // joined.
+        if let Some(w) = self.watchdog.take() {
+            let _ = w.join();
+        }
         // A vCPU may be inside KVM_RUN (or about to enter it): kick until it has left.
         while self.vcpus.iter().any(|h| !h.is_finished()) {
             for h in self.vcpus.iter().filter(|h| !h.is_finished()) {
@@ -181,6 +187,38 @@ impl Drop for RunningVm {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// How often the halt watchdog looks at the vCPUs.
+const HALT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Without ACPI a guest `poweroff` or `halt` ends with every vCPU in `hlt` with interrupts
+/// off, inside KVM, where the VMM never hears of it. The watchdog kicks the vCPUs now and
+/// then; each kicked vCPU checks whether it is halted for good (see
+/// `VmControl::report_dead_halt`), so such a guest ends the VM instead of hanging it.
+fn spawn_halt_watchdog(
+    control: &Arc<VmControl>,
+    vcpus: &[JoinHandle<()>],
+) -> Result<JoinHandle<()>, VmmError> {
+    use std::os::unix::thread::JoinHandleExt;
+    let threads: Vec<libc::pthread_t> = vcpus.iter().map(|h| h.as_pthread_t()).collect();
+    let control = control.clone();
+    std::thread::Builder::new()
+        .name("husk-watchdog".into())
+        .spawn(move || {
+            while control.wait_exit(HALT_CHECK_INTERVAL).is_none() {
+                if control.pause_requested() {
+                    continue;
+                }
+                for &t in &threads {
+                    // SAFETY: the vCPU threads are joined only after this thread has been
+                    // joined (RunningVm::shutdown), so every pthread_t here is still valid;
+                    // the kick signal has a handler installed.
+                    unsafe { libc::pthread_kill(t, kick_signal()) };
+                }
+            }
+        })
+        .map_err(setup("spawning the halt watchdog"))
 }
 
 /// Builds the VM described by `config` and starts it.
@@ -268,7 +306,7 @@ pub fn start_vm(config: &VmConfig) -> Result<RunningVm, VmmError> {
     boot::write_boot_params(&mem, mem_size, &cmdline, initrd)?;
 
     let vcpus = create_vcpus(&kvm, &vm, config.vcpus, kernel.entry)?;
-    let control = Arc::new(VmControl::new().map_err(setup("eventfd"))?);
+    let control = Arc::new(VmControl::new(usize::from(config.vcpus)).map_err(setup("eventfd"))?);
     let bus = Arc::new(bus);
     let mut device_loop = DeviceLoop::new(epoll, bus.clone()).map_err(setup("device loop"))?;
     for (dev, q, evt) in queue_evts {
@@ -294,8 +332,10 @@ pub fn start_vm(config: &VmConfig) -> Result<RunningVm, VmmError> {
             .map_err(setup("spawning a vCPU thread"))?;
         handles.push(h);
     }
+    let watchdog = spawn_halt_watchdog(&control, &handles)?;
     Ok(RunningVm {
         control,
+        watchdog: Some(watchdog),
         vcpus: handles,
         device_thread: Some(device_thread),
         device_stop,

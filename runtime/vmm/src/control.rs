@@ -11,6 +11,9 @@ use vmm_sys_util::eventfd::EventFd;
 pub enum VmExit {
     /// The guest reset the machine: how a husk guest reboots or powers off.
     GuestReset,
+    /// Every vCPU halted with interrupts off: what a guest `poweroff` or `halt` comes to
+    /// on a machine without ACPI.
+    GuestHalted,
     /// The host asked the VM to stop.
     Stopped,
     /// The VM cannot continue (triple fault, KVM error, device failure).
@@ -31,18 +34,33 @@ pub struct VmControl {
     exit_evt: EventFd,
     pause: Mutex<PauseState>,
     pause_cv: Condvar,
+    /// Per vCPU: found halted with interrupts disabled at its last check.
+    dead: Vec<AtomicBool>,
 }
 
 impl VmControl {
-    /// A control block whose exit eventfd blocks on read until an exit is recorded.
-    pub fn new() -> std::io::Result<Self> {
+    /// A control block for `vcpus` vCPUs whose exit eventfd blocks on read until an exit
+    /// is recorded.
+    pub fn new(vcpus: usize) -> std::io::Result<Self> {
         Ok(Self {
             stop: AtomicBool::new(false),
             exit: Mutex::new(None),
             exit_evt: EventFd::new(0)?,
             pause: Mutex::new(PauseState::default()),
             pause_cv: Condvar::new(),
+            dead: (0..vcpus).map(|_| AtomicBool::new(false)).collect(),
         })
+    }
+
+    /// A vCPU reports whether it is halted with interrupts disabled (it can never run
+    /// again). Once all are, the guest has halted for good and the VM ends.
+    pub fn report_dead_halt(&self, vcpu: usize, dead: bool) {
+        if let Some(flag) = self.dead.get(vcpu) {
+            flag.store(dead, Ordering::SeqCst);
+        }
+        if dead && self.dead.iter().all(|d| d.load(Ordering::SeqCst)) {
+            self.finish(VmExit::GuestHalted);
+        }
     }
 
     fn pause_state(&self) -> MutexGuard<'_, PauseState> {
@@ -116,6 +134,16 @@ impl VmControl {
         self.exit.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Waits up to `timeout` for an exit to be recorded.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<VmExit> {
+        let g = self.pause_state();
+        let _ = self
+            .pause_cv
+            .wait_timeout_while(g, timeout, |_| !self.should_stop())
+            .unwrap_or_else(|p| p.into_inner());
+        self.exit_reason()
+    }
+
     /// Becomes readable once an exit is recorded.
     pub fn exit_evt(&self) -> &EventFd {
         &self.exit_evt
@@ -129,7 +157,7 @@ mod tests {
 
     #[test]
     fn vcpus_park_while_paused_and_run_again_on_resume() {
-        let c = Arc::new(VmControl::new().unwrap());
+        let c = Arc::new(VmControl::new(2).unwrap());
         let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let threads: Vec<_> = (0..2)
             .map(|_| {
@@ -165,12 +193,25 @@ mod tests {
 
     #[test]
     fn the_first_reason_wins() {
-        let c = VmControl::new().unwrap();
+        let c = VmControl::new(1).unwrap();
         assert!(!c.should_stop());
         c.finish(VmExit::Error("triple fault".into()));
         c.finish(VmExit::GuestReset);
         assert!(c.should_stop());
         assert_eq!(c.exit_reason(), Some(VmExit::Error("triple fault".into())));
         assert_eq!(c.exit_evt().read().unwrap(), 2);
+    }
+
+    #[test]
+    fn the_guest_has_halted_only_when_every_vcpu_is_dead() {
+        let c = VmControl::new(2).unwrap();
+        c.report_dead_halt(0, true);
+        c.report_dead_halt(1, false);
+        assert!(!c.should_stop());
+        c.report_dead_halt(0, false);
+        c.report_dead_halt(1, true);
+        assert!(!c.should_stop(), "vCPU 0 ran again since");
+        c.report_dead_halt(0, true);
+        assert_eq!(c.exit_reason(), Some(VmExit::GuestHalted));
     }
 }

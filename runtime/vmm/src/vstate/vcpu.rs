@@ -99,6 +99,9 @@ impl Vcpu {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.fd.set_kvm_immediate_exit(0);
+                    // Kicked: by a pause, a stop, or the halt watchdog. Look at our state
+                    // so a guest that halted for good can be told apart from an idle one.
+                    control.report_dead_halt(usize::from(self.index), self.is_dead_halted());
                     continue;
                 }
                 Err(e) => {
@@ -106,6 +109,7 @@ impl Vcpu {
                     break;
                 }
             };
+            control.report_dead_halt(usize::from(self.index), false);
             let outcome = match exit {
                 VcpuExit::IoIn(port, data) => {
                     pio.read(port, data);
@@ -151,6 +155,25 @@ impl Vcpu {
             if let Some(reason) = outcome {
                 control.finish(reason);
             }
+        }
+    }
+}
+
+impl Vcpu {
+    /// Halted with interrupts disabled, or never started by the boot CPU: nothing but an
+    /// NMI or INIT (which nobody sends) could make it run again.
+    fn is_dead_halted(&self) -> bool {
+        const IF: u64 = 1 << 9;
+        match self.fd.get_mp_state().map(|s| s.mp_state) {
+            Ok(kvm_bindings::KVM_MP_STATE_HALTED) => self
+                .fd
+                .get_regs()
+                .map(|r| r.rflags & IF == 0)
+                .unwrap_or(false),
+            Ok(
+                kvm_bindings::KVM_MP_STATE_UNINITIALIZED | kvm_bindings::KVM_MP_STATE_INIT_RECEIVED,
+            ) => self.index != 0,
+            _ => false,
         }
     }
 }
