@@ -301,7 +301,9 @@ if [ "$DEBUG" = 1 ]; then
 fi
 
 qesc() { printf '%s' "${1//,/,,}"; }   # QEMU option values: ',' is written ',,'
-append="console=ttyS0 panic=-1"
+# No AppArmor: dockerd would try to load its profile (and needs apparmor_parser for it),
+# and neither husk's guests nor the tests use it.
+append="console=ttyS0 panic=-1 apparmor=0"
 if [ "$DEBUG" = 1 ]; then append+=" husk.debug"; else append+=" quiet"; fi
 append+=${HUSK_TESTHOST_APPEND:+ $HUSK_TESTHOST_APPEND}
 qemu_args=(

@@ -1,0 +1,458 @@
+//! Real container clients (containerd through the runc v2 shim, podman, dockerd) driving
+//! an OCI runtime: husk by default, or `HUSK_CLIENT_RUNTIME` (runc, to check the harness).
+//! VM tier: run with `tests/vm-tier.sh --clients`, which builds the busybox image
+//! (tests/clients/build-image.sh) and starts nothing else; each test starts its own daemon
+//! with its state under /run (a tmpfs in the test host).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use husk_tests::show;
+
+const IMAGE: &str = "localhost/busybox:latest";
+
+fn env_path(name: &str) -> PathBuf {
+    let p = PathBuf::from(
+        std::env::var_os(name)
+            .unwrap_or_else(|| panic!("{name} is not set: run tests/vm-tier.sh --clients")),
+    );
+    assert!(p.exists(), "{name}={} does not exist", p.display());
+    p
+}
+
+/// The runtime under test.
+fn runtime() -> PathBuf {
+    std::env::var_os("HUSK_CLIENT_RUNTIME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env_path("HUSK_BIN"))
+}
+
+fn images() -> PathBuf {
+    env_path("HUSK_CLIENT_IMAGES")
+}
+
+fn pty_run() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/pty-run.py")
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("running a client")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn ok(cmd: &mut Command) -> Output {
+    let o = run(cmd);
+    assert_eq!(o.status.code(), Some(0), "{cmd:?}: {}", show(&o));
+    o
+}
+
+/// A daemon started for one test, killed with it.
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(name: &str, cmd: &mut Command, socket: &Path) -> Self {
+        let dir = socket.parent().unwrap().to_owned();
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let mut d = Self { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !socket.exists() {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("{name} exited ({status}): {}", d.log(name));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not start: {}",
+                d.log(name)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn state_dir(name: &str) -> PathBuf {
+    let d = PathBuf::from("/run/husk-clients").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+// ---------------------------------------------------------------- containerd
+
+struct Containerd {
+    _daemon: Daemon,
+    socket: PathBuf,
+}
+
+impl Containerd {
+    fn start() -> Self {
+        let dir = state_dir("containerd");
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{s}\"\n\
+                 [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n",
+                d = dir.display(),
+                s = socket.display()
+            ),
+        )
+        .unwrap();
+        let daemon = Daemon::start(
+            "containerd",
+            Command::new("containerd").arg("--config").arg(&config),
+            &socket,
+        );
+        let c = Self {
+            _daemon: daemon,
+            socket,
+        };
+        ok(c.ctr()
+            .args(["images", "import"])
+            .arg(images().join("busybox-oci.tar")));
+        c
+    }
+
+    fn ctr(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("-a").arg(&self.socket);
+        c
+    }
+
+    /// `ctr run` with the runtime under test behind the runc v2 shim.
+    fn ctr_run(&self) -> Command {
+        let mut c = self.ctr();
+        c.args(["run", "--runc-binary"]).arg(runtime());
+        c
+    }
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn containerd_runs_a_container_and_returns_its_exit_status() {
+    let c = Containerd::start();
+    let o = ok(c.ctr_run().args(["--rm", IMAGE, "echo1", "echo", "hello"]));
+    assert_eq!(stdout(&o), "hello");
+    let o = run(c
+        .ctr_run()
+        .args(["--rm", IMAGE, "exit1", "sh", "-c", "exit 3"]));
+    assert_eq!(o.status.code(), Some(3), "{}", show(&o));
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn containerd_interactive_tty_follows_the_window_size() {
+    let c = Containerd::start();
+    let mut cmd = Command::new(pty_run());
+    cmd.args([
+        "--rows",
+        "33",
+        "--cols",
+        "101",
+        "--input",
+        "tty; stty size; exit 4",
+        "--",
+    ])
+    .arg("ctr")
+    .arg("-a")
+    .arg(&c.socket)
+    .args(["run", "--runc-binary"])
+    .arg(runtime())
+    .args(["--rm", "-t", IMAGE, "tty1", "sh"]);
+    let o = run(&mut cmd);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{}", show(&o));
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("33 101"), "{out}");
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn containerd_task_exec_ps_and_kill() {
+    let c = Containerd::start();
+    // A foreground `ctr run` reports the container's end as its own exit status.
+    let fg = c
+        .ctr_run()
+        .args(["--rm", IMAGE, "long1", "sleep", "1000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let ps = loop {
+        let o = run(c.ctr().args(["task", "ps", "long1"]));
+        if o.status.success() && stdout(&o).lines().count() >= 2 {
+            break o;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the task never showed up: {}",
+            show(&o)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(stdout(&ps).lines().nth(1).is_some(), "a pid: {}", show(&ps));
+    let o = run(c.ctr().args([
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "long1",
+        "sh",
+        "-c",
+        "echo from-exec; exit 6",
+    ]));
+    assert_eq!(o.status.code(), Some(6), "{}", show(&o));
+    assert_eq!(stdout(&o), "from-exec");
+    ok(c.ctr().args(["task", "kill", "-s", "SIGKILL", "long1"]));
+    let o = fg.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(137),
+        "killed by SIGKILL: {}",
+        show(&o)
+    );
+}
+
+// ---------------------------------------------------------------- podman
+
+struct Podman {
+    dir: PathBuf,
+}
+
+impl Podman {
+    fn new() -> Self {
+        let dir = state_dir("podman");
+        std::fs::write(
+            dir.join("containers.conf"),
+            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        )
+        .unwrap();
+        let p = Self { dir };
+        ok(p.podman()
+            .args(["load", "-q", "-i"])
+            .arg(images().join("busybox-oci.tar")));
+        p
+    }
+
+    fn podman(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--runroot")
+            .arg(self.dir.join("runroot"))
+            .arg("--tmpdir")
+            .arg(self.dir.join("tmp"))
+            .arg("--runtime")
+            .arg(runtime());
+        c
+    }
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn podman_runs_a_container_and_returns_its_exit_status() {
+    let p = Podman::new();
+    let o = ok(p
+        .podman()
+        .args(["run", "--rm", "--network", "none", IMAGE, "echo", "hi"]));
+    assert_eq!(stdout(&o), "hi");
+    let o = run(p.podman().args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "exit 3",
+    ]));
+    assert_eq!(o.status.code(), Some(3), "{}", show(&o));
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn podman_interactive_tty() {
+    let p = Podman::new();
+    let mut inner = p.podman();
+    inner.args(["run", "--rm", "-it", "--network", "none", IMAGE, "sh"]);
+    let mut cmd = Command::new(pty_run());
+    cmd.args(["--input", "tty; exit 4", "--"])
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let o = run(&mut cmd);
+    assert_eq!(o.status.code(), Some(4), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("/dev/pts/"),
+        "{}",
+        show(&o)
+    );
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn podman_exec_and_stop() {
+    let p = Podman::new();
+    ok(p.podman().args([
+        "run",
+        "-d",
+        "--name",
+        "long",
+        "--network",
+        "none",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]));
+    let o = run(p
+        .podman()
+        .args(["exec", "long", "sh", "-c", "echo from-exec; exit 6"]));
+    assert_eq!(o.status.code(), Some(6), "{}", show(&o));
+    assert_eq!(stdout(&o), "from-exec");
+    // sleep as PID 1 ignores SIGTERM: stop must fall back to SIGKILL after the timeout.
+    let started = Instant::now();
+    ok(p.podman().args(["stop", "-t", "2", "long"]));
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "SIGTERM was not ignored?"
+    );
+    let o = ok(p
+        .podman()
+        .args(["inspect", "-f", "{{.State.Status}}", "long"]));
+    assert_eq!(stdout(&o), "exited");
+    ok(p.podman().args(["rm", "long"]));
+}
+
+// ---------------------------------------------------------------- docker
+
+struct Docker {
+    _daemon: Daemon,
+    host: String,
+}
+
+impl Docker {
+    fn start() -> Self {
+        let dir = state_dir("docker");
+        let socket = dir.join("docker.sock");
+        let daemon = Daemon::start(
+            "dockerd",
+            Command::new("dockerd")
+                .arg("--data-root")
+                .arg(dir.join("data"))
+                .arg("--exec-root")
+                .arg(dir.join("exec"))
+                .arg("--pidfile")
+                .arg(dir.join("docker.pid"))
+                .arg("-H")
+                .arg(format!("unix://{}", socket.display()))
+                .args(["--iptables=false", "--ip-forward=false", "--bridge=none"])
+                .arg("--add-runtime")
+                .arg(format!("husk={}", runtime().display())),
+            &socket,
+        );
+        let d = Self {
+            _daemon: daemon,
+            host: format!("unix://{}", socket.display()),
+        };
+        ok(d.docker()
+            .args(["load", "-q", "-i"])
+            .arg(images().join("busybox-docker.tar")));
+        d
+    }
+
+    /// Debian's docker CLI (another one may come first on PATH).
+    fn docker(&self) -> Command {
+        let mut c = Command::new("/usr/bin/docker");
+        c.arg("-H").arg(&self.host);
+        c
+    }
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn docker_runs_a_container_and_returns_its_exit_status() {
+    let d = Docker::start();
+    let run_args = [
+        "run",
+        "--rm",
+        "--runtime",
+        "husk",
+        "--network",
+        "none",
+        IMAGE,
+    ];
+    let o = ok(d.docker().args(run_args).args(["echo", "hi"]));
+    assert_eq!(stdout(&o), "hi");
+    let o = run(d.docker().args(run_args).args(["sh", "-c", "exit 3"]));
+    assert_eq!(o.status.code(), Some(3), "{}", show(&o));
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn docker_exec_and_stop() {
+    let d = Docker::start();
+    ok(d.docker().args([
+        "run",
+        "-d",
+        "--name",
+        "long",
+        "--runtime",
+        "husk",
+        "--network",
+        "none",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]));
+    let o = run(d
+        .docker()
+        .args(["exec", "long", "sh", "-c", "echo from-exec; exit 6"]));
+    assert_eq!(o.status.code(), Some(6), "{}", show(&o));
+    assert_eq!(stdout(&o), "from-exec");
+    let started = Instant::now();
+    ok(d.docker().args(["stop", "-t", "2", "long"]));
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "SIGTERM was not ignored?"
+    );
+    let o = ok(d
+        .docker()
+        .args(["inspect", "-f", "{{.State.ExitCode}}", "long"]));
+    assert_eq!(stdout(&o), "137", "stopped by SIGKILL after the timeout");
+    ok(d.docker().args(["rm", "long"]));
+}
