@@ -13,22 +13,25 @@ use std::path::Path;
 use std::ptr;
 
 use anyhow::{bail, Context};
-use husk_protocol::{ExecRequest, StreamHello, StreamKind};
+use husk_protocol::{ExecRequest, StdioSpec, StreamHello, StreamKind};
 use nix::fcntl::{self, FcntlArg, OFlag};
 
 use crate::reaper::ProcessTable;
 use crate::roots::Roots;
+use crate::terminal::{self, Terminals};
 use crate::transport::Transport;
 
 /// `PATH` for the lookup of `argv[0]` when the request's environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Starts the process of `req` and returns its pid once it runs the requested program.
+/// Starts the process of `req` (in the guest itself, or chrooted into its root disk) and
+/// returns its pid once it runs the requested program.
 pub fn exec(
     req: &ExecRequest,
     transport: &Transport,
     roots: &Roots,
     table: &ProcessTable,
+    terminals: &Terminals,
 ) -> anyhow::Result<libc::pid_t> {
     let Some(argv0) = req.argv.first() else {
         bail!("exec {:?}: empty argv", req.exec_id);
@@ -49,7 +52,14 @@ pub fn exec(
     };
     // Connected before the fork so the process cannot write a byte before the host has
     // its end of the stream.
-    let stdio = connect_stdio(req, transport)?;
+    let stdio = if req.stdio.terminal {
+        let pty = terminal::open_pty().context("allocate a terminal")?;
+        terminals.attach(&req.exec_id, pty.master, transport, req.stdio.port)?;
+        let slave = above_stdio(pty.slave)?;
+        [slave.try_clone()?, slave.try_clone()?, slave]
+    } else {
+        connect_stdio(&req.exec_id, &req.stdio, transport)?
+    };
     let (report_r, report_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).context("create exec status pipe")?;
 
@@ -67,6 +77,7 @@ pub fn exec(
             stdio[2].as_raw_fd(),
         ],
         report: report_w.as_raw_fd(),
+        controlling_terminal: req.stdio.terminal,
     };
 
     let pid = table
@@ -125,7 +136,7 @@ fn null_terminated(items: &[CString]) -> Vec<*const c_char> {
 }
 
 /// The paths to try for `argv0`, in order, as execvp would (inside the process's root).
-fn program_candidates(argv0: &str, env: &[String]) -> Vec<String> {
+pub fn program_candidates(argv0: &str, env: &[String]) -> Vec<String> {
     if argv0.contains('/') {
         return vec![argv0.to_owned()];
     }
@@ -142,15 +153,28 @@ fn program_candidates(argv0: &str, env: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// One socket (or `/dev/null`) per stdio stream, in the order stdin, stdout, stderr.
-fn connect_stdio(req: &ExecRequest, transport: &Transport) -> anyhow::Result<[OwnedFd; 3]> {
-    let null: OwnedFd = File::options()
+/// `/dev/null` three times, all above 2.
+pub fn null_stdio() -> anyhow::Result<[OwnedFd; 3]> {
+    let null = above_stdio(open_null()?)?;
+    Ok([null.try_clone()?, null.try_clone()?, null])
+}
+
+fn open_null() -> anyhow::Result<OwnedFd> {
+    Ok(File::options()
         .read(true)
         .write(true)
         .open("/dev/null")
         .context("open /dev/null")?
-        .into();
-    let spec = &req.stdio;
+        .into())
+}
+
+/// One socket (or `/dev/null`) per stdio stream, in the order stdin, stdout, stderr.
+pub fn connect_stdio(
+    exec_id: &str,
+    spec: &StdioSpec,
+    transport: &Transport,
+) -> anyhow::Result<[OwnedFd; 3]> {
+    let null = open_null()?;
     let mut fds = Vec::with_capacity(3);
     for (kind, name, piped) in [
         (StreamKind::Stdin, "stdin", spec.stdin),
@@ -162,7 +186,7 @@ fn connect_stdio(req: &ExecRequest, transport: &Transport) -> anyhow::Result<[Ow
                 .connect_stdio(spec.port)
                 .with_context(|| format!("{name} stream"))?;
             let hello = StreamHello {
-                exec_id: req.exec_id.clone(),
+                exec_id: exec_id.to_owned(),
                 stream: kind,
             };
             husk_protocol::write_frame(&mut conn, &hello)
@@ -178,7 +202,7 @@ fn connect_stdio(req: &ExecRequest, transport: &Transport) -> anyhow::Result<[Ow
 
 /// Moves `fd` above 0..=2 if needed, so that the child's dup2 onto 0, 1 and 2 cannot
 /// overwrite one source with another.
-fn above_stdio(fd: OwnedFd) -> anyhow::Result<OwnedFd> {
+pub fn above_stdio(fd: OwnedFd) -> anyhow::Result<OwnedFd> {
     if fd.as_raw_fd() > 2 {
         return Ok(fd);
     }
@@ -241,6 +265,8 @@ struct ChildPlan {
     cwd: *const c_char,
     stdio: [RawFd; 3],
     report: RawFd,
+    /// fd 0 is a terminal to make the controlling terminal of the new session.
+    controlling_terminal: bool,
 }
 
 /// The child between fork and execve. Async-signal-safe calls only.
@@ -277,6 +303,10 @@ fn run_child(plan: &ChildPlan) -> ! {
         if unsafe { libc::dup2(source, target as RawFd) } < 0 {
             fail(Stage::Stdio, errno());
         }
+    }
+    // SAFETY: TIOCSCTTY takes an integer argument; fd 0 is open.
+    if plan.controlling_terminal && unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+        fail(Stage::Stdio, errno());
     }
     // Whatever the agent itself inherited without close-on-exec (nothing as PID 1, but
     // anything from a test harness) must not reach the program either. Failure (a kernel

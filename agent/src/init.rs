@@ -18,8 +18,9 @@ struct PseudoFs {
     data: Option<&'static str>,
 }
 
-/// In mount order: /dev/pts and /dev/shm live inside the devtmpfs on /dev.
-fn pseudo_filesystems() -> [PseudoFs; 7] {
+/// In mount order: /dev/pts and /dev/shm live inside the devtmpfs on /dev, the cgroup2
+/// hierarchy (containers' cgroups) inside /sys.
+fn pseudo_filesystems() -> [PseudoFs; 8] {
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     [
         PseudoFs {
@@ -33,6 +34,13 @@ fn pseudo_filesystems() -> [PseudoFs; 7] {
             source: "sysfs",
             target: "/sys",
             fstype: "sysfs",
+            flags: hardened,
+            data: None,
+        },
+        PseudoFs {
+            source: "cgroup2",
+            target: "/sys/fs/cgroup",
+            fstype: "cgroup2",
             flags: hardened,
             data: None,
         },
@@ -160,5 +168,7 @@ mod tests {
         for sub in ["/dev/pts", "/dev/shm"] {
             assert!(order.iter().position(|t| *t == sub).unwrap() > dev);
         }
+        let sys = order.iter().position(|t| *t == "/sys").unwrap();
+        assert!(order.iter().position(|t| *t == "/sys/fs/cgroup").unwrap() > sys);
     }
 }

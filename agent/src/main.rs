@@ -7,12 +7,16 @@
 
 #[macro_use]
 mod diag;
+mod cgroup;
+mod container;
 mod exec;
 mod init;
 mod reaper;
 mod roots;
 mod server;
+mod setup;
 mod shutdown;
+mod terminal;
 mod transport;
 
 use std::convert::Infallible;
@@ -23,9 +27,12 @@ use std::thread;
 use anyhow::Context;
 use clap::Parser;
 
+use crate::cgroup::DEFAULT_CGROUP_ROOT;
+use crate::container::{Containers, DEFAULT_CONTAINERS_DIR};
 use crate::reaper::ProcessTable;
 use crate::roots::{Roots, DEFAULT_ROOTS_DIR};
 use crate::server::{Agent, Role};
+use crate::terminal::Terminals;
 use crate::transport::Transport;
 
 /// husk's guest agent. As PID 1 it ignores its arguments; the flags run it as an ordinary
@@ -42,9 +49,19 @@ struct TestModeArgs {
     /// Where root disks are mounted.
     #[arg(long, default_value = DEFAULT_ROOTS_DIR)]
     roots_dir: PathBuf,
+    /// Where containers' root disks are mounted.
+    #[arg(long, default_value = DEFAULT_CONTAINERS_DIR)]
+    containers_dir: PathBuf,
+    /// A cgroup v2 directory to make containers' cgroups in.
+    #[arg(long, default_value = DEFAULT_CGROUP_ROOT)]
+    cgroup_root: PathBuf,
 }
 
 fn main() {
+    // Before the pid check: a container's setup process is pid 1 of its pid namespace.
+    if setup::invoked() {
+        setup::main();
+    }
     if std::process::id() == 1 {
         run_as_init();
     }
@@ -61,6 +78,8 @@ fn main() {
         },
         roots: Roots::new(args.roots_dir),
         table: ProcessTable::default(),
+        containers: Containers::new(args.containers_dir, args.cgroup_root),
+        terminals: Terminals::default(),
         role: Role::TestMode,
     };
     let Err(e) = run(Arc::new(agent), false);
@@ -80,6 +99,8 @@ fn run_as_init() -> ! {
         },
         roots: Roots::new(DEFAULT_ROOTS_DIR.into()),
         table: ProcessTable::default(),
+        containers: Containers::new(DEFAULT_CONTAINERS_DIR.into(), DEFAULT_CGROUP_ROOT.into()),
+        terminals: Terminals::default(),
         role: Role::Init,
     };
     let Err(e) = run(Arc::new(agent), init::ready_line_requested());

@@ -133,8 +133,57 @@ impl ProcessTable {
         }
     }
 
+    /// Like [`wait`](Self::wait), but gives up after `timeout` (or at once for an unknown
+    /// id) and answers `None`.
+    pub fn wait_timeout(&self, exec_id: &str, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        loop {
+            match state.execs.get(exec_id) {
+                Some(ExecState::Exited(status)) => return Some(*status),
+                Some(ExecState::Starting | ExecState::Running(_)) => {
+                    let left = deadline.checked_duration_since(Instant::now())?;
+                    state = self
+                        .changed
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                None => return None,
+            }
+        }
+    }
+
+    /// The pid of `exec_id` while its process runs.
+    pub fn pid(&self, exec_id: &str) -> Option<libc::pid_t> {
+        match self.lock().execs.get(exec_id) {
+            Some(ExecState::Running(pid)) => Some(*pid),
+            _ => None,
+        }
+    }
+
+    /// Frees the id of an exec whose process has ended (a removed container's). A process
+    /// still running is forgotten too; the reaper then reaps it without a record.
+    pub fn forget(&self, exec_id: &str) {
+        let mut state = self.lock();
+        if let Some(ExecState::Running(pid)) = state.execs.remove(exec_id) {
+            state.exec_of_pid.remove(&pid);
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// Sends `signal` to the process group that the process of `exec_id` leads.
+    pub fn signal_group(&self, exec_id: &str, signal: i32) -> anyhow::Result<()> {
+        self.signal_target(exec_id, signal, true)
+    }
+
     /// Sends signal number `signal` to the process of `exec_id`.
     pub fn signal(&self, exec_id: &str, signal: i32) -> anyhow::Result<()> {
+        self.signal_target(exec_id, signal, false)
+    }
+
+    fn signal_target(&self, exec_id: &str, signal: i32, group: bool) -> anyhow::Result<()> {
         // Held during kill: the reaper records an exit under this lock before it releases
         // the pid, so the pid cannot belong to another process by the time kill runs.
         let state = self.lock();
@@ -143,8 +192,9 @@ impl ProcessTable {
             Some(ExecState::Starting) => bail!("exec {exec_id:?} has not started yet"),
             Some(ExecState::Exited(_)) => bail!("exec {exec_id:?} has already exited"),
             Some(ExecState::Running(pid)) => {
+                let target = if group { -*pid } else { *pid };
                 // SAFETY: kill takes plain integers and has no memory effects.
-                if unsafe { libc::kill(*pid, signal) } < 0 {
+                if unsafe { libc::kill(target, signal) } < 0 {
                     let err = io::Error::last_os_error();
                     bail!("signal {signal} to exec {exec_id:?} (pid {pid}): {err}");
                 }

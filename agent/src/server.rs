@@ -9,8 +9,10 @@ use husk_protocol::{
     read_frame, write_frame, Envelope, ProtocolError, Request, Response, PROTOCOL_VERSION,
 };
 
+use crate::container::{self, Containers};
 use crate::reaper::ProcessTable;
 use crate::roots::Roots;
+use crate::terminal::Terminals;
 use crate::transport::{Conn, Listener, Transport};
 use crate::{exec, shutdown};
 
@@ -30,8 +32,12 @@ pub struct Agent {
     pub transport: Transport,
     /// Root disks mounted for execs.
     pub roots: Roots,
-    /// Processes started by `Exec`.
+    /// Processes started by `Exec` and `CreateContainer`.
     pub table: ProcessTable,
+    /// Containers created by `CreateContainer`.
+    pub containers: Containers,
+    /// Terminals of execs and containers, for `Resize`.
+    pub terminals: Terminals,
     /// PID 1 or test mode.
     pub role: Role,
 }
@@ -176,12 +182,27 @@ fn respond(agent: &Agent, request: Request) -> Response {
         Request::Hello { version } => husk_protocol::check_version(version)
             .map(|()| hello())
             .map_err(anyhow::Error::from),
-        Request::Exec(req) => exec::exec(&req, &agent.transport, &agent.roots, &agent.table)
-            .map(|pid| Response::Started { pid })
-            .map_err(|e| {
-                diag!("exec {:?} failed: {e:#}", req.exec_id);
-                e
-            }),
+        Request::Exec(req) => match &req.container_id {
+            Some(c) => container::exec::exec(agent, &req, c),
+            None => exec::exec(
+                &req,
+                &agent.transport,
+                &agent.roots,
+                &agent.table,
+                &agent.terminals,
+            ),
+        }
+        .map(|pid| Response::Started { pid })
+        .map_err(|e| {
+            diag!("exec {:?} failed: {e:#}", req.exec_id);
+            e
+        }),
+        Request::CreateContainer(req) => {
+            container::create::create(agent, &req).map(|pid| Response::Started { pid })
+        }
+        Request::StartContainer { container_id } => {
+            container::start::start(agent, &container_id).map(|()| Response::Ok)
+        }
         Request::Wait { exec_id } => agent
             .table
             .wait(&exec_id)
@@ -189,18 +210,23 @@ fn respond(agent: &Agent, request: Request) -> Response {
         Request::Signal {
             exec_id,
             signal,
-            all: false,
-        } => agent.table.signal(&exec_id, signal).map(|()| Response::Ok),
+            all,
+        } => container::signal::signal(agent, &exec_id, signal, all).map(|()| Response::Ok),
+        Request::Resize {
+            exec_id,
+            rows,
+            cols,
+        } => agent
+            .terminals
+            .resize(&exec_id, rows, cols)
+            .map(|()| Response::Ok),
+        Request::Ps { container_id } => {
+            container::ps::ps(agent, &container_id).map(|pids| Response::Pids { pids })
+        }
+        Request::RemoveContainer { container_id } => {
+            container::remove::remove(agent, &container_id).map(|()| Response::Ok)
+        }
         Request::Shutdown => Ok(Response::Ok),
-        other @ (Request::Signal { all: true, .. }
-        | Request::CreateContainer(_)
-        | Request::StartContainer { .. }
-        | Request::Resize { .. }
-        | Request::Ps { .. }
-        | Request::RemoveContainer { .. }) => Err(anyhow::anyhow!(
-            "this agent does not support {} yet",
-            request_name(&other)
-        )),
     };
     result.unwrap_or_else(|e| Response::Error {
         message: format!("{e:#}"),

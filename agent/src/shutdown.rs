@@ -13,6 +13,7 @@ use crate::server::{Agent, Role};
 pub fn shut_down(agent: &Agent) -> ! {
     if agent.role == Role::TestMode {
         // Processes of the test may still run; roots they hold stay (and are logged).
+        agent.containers.unmount_all();
         agent.roots.unmount_all();
         std::process::exit(0);
     }
@@ -25,6 +26,7 @@ pub fn shut_down(agent: &Agent) -> ! {
     if !reaper::wait_for_no_children(Duration::from_secs(2)) {
         diag!("processes are left after SIGKILL; unmounting anyway");
     }
+    agent.containers.unmount_all();
     agent.roots.unmount_all();
     unistd::sync();
     power_off()

@@ -2,73 +2,10 @@
 //! mount namespace of its own. Needs root, loop devices, busybox and unshare (CI and the
 //! development machines have them); where any is missing the tests fail and say which.
 
-use std::path::Path;
-use std::process::Command;
-
 use husk_protocol::{ExecRequest, ExitStatus, Request, Response, RootDisk, StdioSpec};
-use husk_rootfs_builder::{build_ext4, Ext4Options};
-use tempfile::TempDir;
 
+use crate::support::disk::{busybox_root_device, require_root};
 use crate::support::{read_all, TestAgent};
-
-/// A loop device over an image, detached when dropped.
-struct LoopDevice {
-    device: String,
-    _image_dir: TempDir,
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
-    }
-}
-
-/// An ext4 image holding static busybox (as sh, cat, touch, test) and /hello.txt, on a
-/// loop device. Panics, naming what is missing, where this machine cannot provide one.
-fn busybox_root_device() -> LoopDevice {
-    require_root();
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.is_file() && Command::new("unshare").arg("--version").output().is_ok(),
-        "this test needs /bin/busybox (busybox-static) and unshare"
-    );
-    let src = tempfile::tempdir().unwrap();
-    for dir in ["bin", "proc", "sys", "dev", "tmp"] {
-        std::fs::create_dir(src.path().join(dir)).unwrap();
-    }
-    std::fs::copy(busybox, src.path().join("bin/busybox")).unwrap();
-    for applet in ["sh", "cat", "touch", "test", "echo"] {
-        std::os::unix::fs::symlink("busybox", src.path().join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(src.path().join("hello.txt"), "hello from the root disk\n").unwrap();
-    let image_dir = tempfile::tempdir().unwrap();
-    let image = image_dir.path().join("root.img");
-    build_ext4(&Ext4Options {
-        from: src.path().to_owned(),
-        out: image.clone(),
-        size_mib: None,
-        readonly_friendly: false,
-    })
-    .expect("build the test image");
-    let out = Command::new("losetup")
-        .args(["--find", "--show"])
-        .arg(&image)
-        .output()
-        .ok()
-        .filter(|o| o.status.success());
-    let out = out.expect("this test needs a free loop device (losetup --find failed)");
-    LoopDevice {
-        device: String::from_utf8(out.stdout).unwrap().trim().to_owned(),
-        _image_dir: image_dir,
-    }
-}
-
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test mounts filesystems and needs root"
-    );
-}
 
 fn exec_in_root(exec_id: &str, script: &str, port: u32, root: RootDisk) -> Request {
     Request::Exec(ExecRequest {

@@ -1,10 +1,13 @@
 //! Drives a real `husk-agent` process in test mode over unix sockets.
 
+pub mod container;
+pub mod disk;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
@@ -26,6 +29,8 @@ pub struct TestAgent {
     control: PathBuf,
     stdio_prefix: PathBuf,
     next_port: AtomicU32,
+    containers_dir: PathBuf,
+    cgroup_root: Option<PathBuf>,
     _dir: TempDir,
 }
 
@@ -56,7 +61,23 @@ impl TestAgent {
                 c
             }
         };
+        let containers_dir = dir.path().join("containers");
+        // Containers' cgroups go in a directory of this agent's own in the host's cgroup2
+        // hierarchy, removed when the agent is dropped.
+        let cgroup_root = cgroup2_mount().map(|m| {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            m.join(format!("husk-test-{}-{n}", std::process::id()))
+        });
         let child = command
+            .arg("--containers-dir")
+            .arg(&containers_dir)
+            .arg("--cgroup-root")
+            .arg(
+                cgroup_root
+                    .as_deref()
+                    .unwrap_or(Path::new("/nonexistent-cgroup2")),
+            )
             .arg("--listen-unix")
             .arg(&control)
             .arg("--stdio-unix-prefix")
@@ -73,6 +94,8 @@ impl TestAgent {
             control,
             stdio_prefix,
             next_port: AtomicU32::new(5000),
+            containers_dir,
+            cgroup_root,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -130,6 +153,22 @@ impl TestAgent {
         self.child.id()
     }
 
+    /// Where the agent mounts containers' roots.
+    pub fn containers_dir(&self) -> &Path {
+        &self.containers_dir
+    }
+
+    /// The cgroup v2 directory the agent makes containers' cgroups in, if this host has
+    /// a cgroup v2 hierarchy.
+    pub fn cgroup_root(&self) -> Option<&Path> {
+        self.cgroup_root.as_deref()
+    }
+
+    /// The agent's mount table (its own mount namespace when it has one).
+    pub fn mountinfo(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pid())).unwrap_or_default()
+    }
+
     /// Whether the agent process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("try_wait").is_none()
@@ -138,12 +177,47 @@ impl TestAgent {
 
 impl Drop for TestAgent {
     fn drop(&mut self) {
+        // Containers' processes are not the harness's children: end them through their
+        // cgroups, which also lets the cgroups be removed.
+        if let Some(root) = self.cgroup_root.as_deref().filter(|r| r.exists()) {
+            let _ = std::fs::write(root.join("cgroup.kill"), "1");
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(root) = self.cgroup_root.as_deref().filter(|r| r.exists()) {
+            remove_cgroup_tree(root);
+        }
         // The agent's diagnostics, shown (the harness captures them) only when it matters.
         if thread::panicking() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             eprintln!("--- husk-agent log ---\n{log}");
+        }
+    }
+}
+
+/// Where this host mounts its cgroup v2 hierarchy, if it has one.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// Removes a cgroup directory and its children once their processes are gone.
+fn remove_cgroup_tree(root: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let children: Vec<PathBuf> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    for dir in children.iter().map(PathBuf::as_path).chain([root]) {
+        while std::fs::remove_dir(dir).is_err() && dir.exists() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -284,6 +358,20 @@ pub struct StdioListener {
 }
 
 impl StdioListener {
+    /// Accepts the one terminal stream of `exec_id`.
+    pub fn accept_terminal(&self, exec_id: &str) -> UnixStream {
+        let (mut stream, _) = self.listener.accept().expect("accept the terminal stream");
+        let hello: StreamHello = read_frame(&mut stream).expect("stream hello");
+        assert_eq!(
+            hello,
+            StreamHello {
+                exec_id: exec_id.into(),
+                stream: StreamKind::Terminal
+            }
+        );
+        stream
+    }
+
     /// Accepts the streams `stdio` asks for and sorts them by their hello.
     pub fn accept_streams(
         &self,

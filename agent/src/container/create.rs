@@ -1,0 +1,261 @@
+//! `CreateContainer`: mount the root disk, fork the container's process into its new
+//! namespaces and cgroup, and let it set itself up up to right before `execve` (the OCI
+//! "created" state). A failure anywhere undoes everything that was done.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use husk_protocol::ContainerRequest;
+use nix::mount::{self, MsFlags};
+use nix::sched::CloneFlags;
+use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
+
+use super::launch::{self, Launch, SetupChannel};
+use super::{unmount_root, Container};
+use crate::cgroup::Cgroup;
+use crate::exec::{connect_stdio, null_stdio};
+use crate::server::Agent;
+use crate::setup::messages::{Job, Report, SetupConfig};
+
+/// What has been done so far, for undoing it.
+#[derive(Default)]
+struct Partial {
+    dir: Option<PathBuf>,
+    rootfs: Option<PathBuf>,
+    cgroup: Option<Cgroup>,
+    pid: Option<libc::pid_t>,
+}
+
+/// Creates the container and returns the guest pid of its process.
+pub fn create(agent: &Agent, req: &ContainerRequest) -> anyhow::Result<libc::pid_t> {
+    let id = req.container_id.as_str();
+    let spec: Spec = serde_json::from_value(req.spec.clone()).context("config.json")?;
+    let namespaces = namespaces(&spec)?;
+    let process = spec
+        .process()
+        .as_ref()
+        .context("config.json has no process")?;
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        bail!("config.json: process.args must not be empty");
+    }
+    let terminal = req.stdio.terminal || process.terminal().unwrap_or(false);
+    let id_reservation = agent.containers.reserve(id)?;
+    let exec_reservation = agent.table.reserve(id)?;
+
+    let mut partial = Partial::default();
+    let result = (|| {
+        let (dir, rootfs) = agent.containers.paths(id);
+        std::fs::create_dir_all(&rootfs).with_context(|| format!("create {}", rootfs.display()))?;
+        partial.dir = Some(dir.clone());
+        let readonly = req.root.readonly
+            || spec
+                .root()
+                .as_ref()
+                .and_then(|r| r.readonly())
+                .unwrap_or(false);
+        mount_root(req, &rootfs, readonly)?;
+        partial.rootfs = Some(rootfs.clone());
+        let cgroup = agent.containers.cgroups.create(id)?;
+        let cgroup_path = cgroup.path().to_owned();
+        partial.cgroup = Some(cgroup);
+
+        let stdio: [OwnedFd; 3] = if terminal {
+            null_stdio()?
+        } else {
+            connect_stdio(id, &req.stdio, &agent.transport)?
+        };
+        let launch = Launch {
+            new_namespaces: namespaces & !CloneFlags::CLONE_NEWCGROUP,
+            stdio: stdio.each_ref().map(|f| f.as_raw_fd()),
+            inherit: &[],
+        };
+        let (pid, mut channel) = launch::spawn(&agent.table, exec_reservation, &launch)?;
+        partial.pid = Some(pid);
+        drop(stdio);
+        partial.cgroup.as_ref().expect("set above").add(pid)?;
+        if namespaces.contains(CloneFlags::CLONE_NEWUSER) {
+            write_id_maps(pid, &spec)?;
+            channel.release_id_maps()?;
+        }
+        channel.send(&SetupConfig {
+            container_id: id.to_owned(),
+            spec: req.spec.clone(),
+            terminal,
+            job: Job::Create {
+                rootfs: rootfs.clone(),
+                cgroup: cgroup_path,
+                new_cgroup_namespace: namespaces.contains(CloneFlags::CLONE_NEWCGROUP),
+                new_network_namespace: namespaces.contains(CloneFlags::CLONE_NEWNET),
+            },
+        })?;
+        wait_until_created(agent, id, req.stdio.port, &mut channel)?;
+        Ok((pid, dir, rootfs, channel))
+    })();
+
+    match result {
+        Ok((pid, dir, rootfs, channel)) => {
+            let container = Container {
+                id: id.to_owned(),
+                spec: req.spec.clone(),
+                dir,
+                rootfs,
+                cgroup: partial.cgroup.take().expect("made before the fork"),
+                start: std::sync::Mutex::new(Some(channel)),
+                execs: std::sync::Mutex::new(Vec::new()),
+            };
+            agent.containers.commit(id_reservation, container);
+            diag!("container {id:?} created, pid {pid}");
+            Ok(pid)
+        }
+        Err(e) => {
+            diag!("container {id:?}: create failed: {e:#}");
+            undo(agent, id, partial);
+            Err(e)
+        }
+    }
+}
+
+/// Reads reports until the process is created (or says why not).
+fn wait_until_created(
+    agent: &Agent,
+    id: &str,
+    port: u32,
+    channel: &mut SetupChannel,
+) -> anyhow::Result<()> {
+    loop {
+        match channel.recv()? {
+            Some(Report::Ready) => return Ok(()),
+            Some(Report::Log { message }) => diag!("container {id:?}: {message}"),
+            Some(Report::Terminal) => {
+                let master = channel
+                    .take_fd()
+                    .context("the setup process sent no terminal descriptor")?;
+                agent.terminals.attach(id, master, &agent.transport, port)?;
+            }
+            Some(Report::Error { message }) => bail!(message),
+            Some(Report::Execing) => bail!("the container's process exec'd before its start"),
+            None => bail!(early_end(agent, id)),
+        }
+    }
+}
+
+/// Why a setup process went away without a report.
+pub(super) fn early_end(agent: &Agent, exec_id: &str) -> String {
+    match agent.table.wait_timeout(exec_id, Duration::from_secs(5)) {
+        Some(husk_protocol::ExitStatus::Code(code)) => format!(
+            "the container setup process ended early ({}, exit status {code})",
+            launch::describe_early_exit(code)
+        ),
+        Some(husk_protocol::ExitStatus::Signal(sig)) => {
+            format!("the container setup process was killed by signal {sig}")
+        }
+        None => "the container setup process closed its socket without a report".into(),
+    }
+}
+
+fn mount_root(req: &ContainerRequest, rootfs: &Path, readonly: bool) -> anyhow::Result<()> {
+    let flags = if readonly {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
+    mount::mount(
+        Some(req.root.device.as_str()),
+        rootfs,
+        Some(req.root.fstype.as_str()),
+        flags,
+        None::<&str>,
+    )
+    .with_context(|| {
+        format!(
+            "mount {} ({}) at {}",
+            req.root.device,
+            req.root.fstype,
+            rootfs.display()
+        )
+    })
+}
+
+/// The namespaces to create, checked: paths (joining existing namespaces) are refused, a
+/// mount namespace is required, and a hostname needs a UTS namespace.
+fn namespaces(spec: &Spec) -> anyhow::Result<CloneFlags> {
+    let mut flags = CloneFlags::empty();
+    for ns in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        if let Some(path) = ns.path() {
+            bail!(
+                "joining an existing {} namespace ({}) is not supported in a husk guest",
+                ns.typ(),
+                path.display()
+            );
+        }
+        flags |= match ns.typ() {
+            LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+            LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+            LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+            LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+            LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+            LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+            LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+            LinuxNamespaceType::Time => bail!("time namespaces are not supported"),
+        };
+    }
+    if !flags.contains(CloneFlags::CLONE_NEWNS) {
+        bail!("config.json: linux.namespaces must include a mount namespace");
+    }
+    let has_hostname = spec.hostname().as_deref().is_some_and(|h| !h.is_empty())
+        || spec.domainname().as_deref().is_some_and(|d| !d.is_empty());
+    if has_hostname && !flags.contains(CloneFlags::CLONE_NEWUTS) {
+        bail!("config.json: a hostname or domainname needs a uts namespace");
+    }
+    Ok(flags)
+}
+
+/// Maps the user namespace of `pid` as `linux.uidMappings`/`gidMappings` say.
+fn write_id_maps(pid: libc::pid_t, spec: &Spec) -> anyhow::Result<()> {
+    let linux = spec.linux().as_ref();
+    let render = |maps: Option<&Vec<LinuxIdMapping>>, which: &str| -> anyhow::Result<String> {
+        let maps = maps.filter(|m| !m.is_empty()).with_context(|| {
+            format!("config.json: a user namespace needs linux.{which}Mappings")
+        })?;
+        Ok(maps
+            .iter()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect())
+    };
+    let uid = render(linux.and_then(|l| l.uid_mappings().as_ref()), "uid")?;
+    let gid = render(linux.and_then(|l| l.gid_mappings().as_ref()), "gid")?;
+    std::fs::write(format!("/proc/{pid}/uid_map"), uid).context("write uid_map")?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), gid).context("write gid_map")?;
+    Ok(())
+}
+
+fn undo(agent: &Agent, id: &str, partial: Partial) {
+    if let Some(pid) = partial.pid {
+        // SAFETY: kill takes plain integers; the pid is our unreaped child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = agent.table.wait_timeout(id, Duration::from_secs(5));
+        agent.table.forget(id);
+    }
+    if let Some(cgroup) = partial.cgroup {
+        let _ = cgroup.signal_all(libc::SIGKILL);
+        if let Err(e) = cgroup.remove(Duration::from_secs(5)) {
+            diag!("container {id:?}: {e:#}");
+        }
+    }
+    match (partial.rootfs, partial.dir) {
+        (Some(rootfs), Some(dir)) => unmount_root(&rootfs, &dir),
+        (None, Some(dir)) => {
+            let _ = std::fs::remove_dir(dir.join("rootfs"));
+            let _ = std::fs::remove_dir(&dir);
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,237 @@
+//! OCI containers in the guest: one file per request (create, start, exec, ps, signal,
+//! remove), the registry they share, and the launcher of setup processes.
+//!
+//! A container is a root disk mounted under `<containers dir>/<id>/rootfs`, a cgroup,
+//! and a process the agent forked into new namespaces (see [`crate::setup`]). Its
+//! process's exec id is its container id, so `Wait` and `Signal` work on it as on any
+//! exec; execs into it are recorded here so that `Signal { all }` and removal find them.
+
+pub mod create;
+pub mod exec;
+pub mod launch;
+pub mod ps;
+pub mod remove;
+pub mod signal;
+pub mod start;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::bail;
+use nix::mount::{self, MntFlags};
+
+use self::launch::SetupChannel;
+use crate::cgroup::{Cgroup, CgroupRoot};
+
+/// Where container roots are mounted in the guest.
+pub const DEFAULT_CONTAINERS_DIR: &str = "/run/husk/containers";
+
+/// One container the agent created.
+#[derive(Debug)]
+pub struct Container {
+    /// Its id (also the exec id of its process).
+    pub id: String,
+    /// Its config.json, the template of execs that bring no process of their own.
+    pub spec: serde_json::Value,
+    /// `<containers dir>/<id>`.
+    pub dir: PathBuf,
+    /// Where its root disk is mounted.
+    pub rootfs: PathBuf,
+    /// Every process of the container is in it.
+    pub cgroup: Cgroup,
+    /// The setup process waiting for `Start`; `None` once started.
+    pub start: Mutex<Option<SetupChannel>>,
+    /// Exec ids of the processes exec'd into the container.
+    pub execs: Mutex<Vec<String>>,
+}
+
+#[derive(Debug)]
+enum Entry {
+    /// The id is taken by a create or remove that is under way.
+    Busy(&'static str),
+    Ready(Arc<Container>),
+}
+
+/// The containers of this guest.
+#[derive(Debug)]
+pub struct Containers {
+    dir: PathBuf,
+    cgroups: CgroupRoot,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+/// A container id taken by a create; dropping it before [`Containers::commit`] frees it.
+pub struct IdReservation<'a> {
+    containers: &'a Containers,
+    id: String,
+    committed: bool,
+}
+
+impl Drop for IdReservation<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.containers.lock().remove(&self.id);
+        }
+    }
+}
+
+impl Containers {
+    /// Roots go under `dir`, cgroups under `cgroups`.
+    pub fn new(dir: PathBuf, cgroups: PathBuf) -> Self {
+        Containers {
+            dir,
+            cgroups: CgroupRoot::new(cgroups),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn reserve(&self, id: &str) -> anyhow::Result<IdReservation<'_>> {
+        check_id(id)?;
+        let mut entries = self.lock();
+        if entries.contains_key(id) {
+            bail!("container {id:?} already exists");
+        }
+        entries.insert(id.to_owned(), Entry::Busy("being created"));
+        Ok(IdReservation {
+            containers: self,
+            id: id.to_owned(),
+            committed: false,
+        })
+    }
+
+    fn commit(&self, mut reservation: IdReservation<'_>, container: Container) {
+        self.lock()
+            .insert(container.id.clone(), Entry::Ready(Arc::new(container)));
+        reservation.committed = true;
+    }
+
+    /// The container `id`.
+    pub fn get(&self, id: &str) -> anyhow::Result<Arc<Container>> {
+        match self.lock().get(id) {
+            Some(Entry::Ready(c)) => Ok(Arc::clone(c)),
+            Some(Entry::Busy(what)) => bail!("container {id:?} is {what}"),
+            None => bail!("no container with id {id:?}"),
+        }
+    }
+
+    /// The container that `exec_id` is, or was exec'd into.
+    pub fn owning(&self, exec_id: &str) -> Option<Arc<Container>> {
+        let entries = self.lock();
+        entries.values().find_map(|e| match e {
+            Entry::Ready(c)
+                if c.id == exec_id
+                    || c.execs
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .iter()
+                        .any(|e| e == exec_id) =>
+            {
+                Some(Arc::clone(c))
+            }
+            _ => None,
+        })
+    }
+
+    /// Takes container `id` out of service for removal.
+    fn begin_removal(&self, id: &str) -> anyhow::Result<Arc<Container>> {
+        let mut entries = self.lock();
+        match entries.get(id) {
+            Some(Entry::Ready(c)) => {
+                let c = Arc::clone(c);
+                entries.insert(id.to_owned(), Entry::Busy("being removed"));
+                Ok(c)
+            }
+            Some(Entry::Busy(what)) => bail!("container {id:?} is {what}"),
+            None => bail!("no container with id {id:?}"),
+        }
+    }
+
+    fn end_removal(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    /// Every container, for shutdown.
+    pub fn all(&self) -> Vec<Arc<Container>> {
+        self.lock()
+            .values()
+            .filter_map(|e| match e {
+                Entry::Ready(c) => Some(Arc::clone(c)),
+                Entry::Busy(_) => None,
+            })
+            .collect()
+    }
+
+    /// At shutdown, after every process was killed: release every root disk.
+    pub fn unmount_all(&self) {
+        for c in self.all() {
+            let _ = c.cgroup.signal_all(libc::SIGKILL);
+            unmount_root(&c.rootfs, &c.dir);
+            if let Err(e) = c.cgroup.remove(Duration::from_secs(1)) {
+                diag!("container {:?}: {e:#}", c.id);
+            }
+        }
+    }
+
+    fn paths(&self, id: &str) -> (PathBuf, PathBuf) {
+        let dir = self.dir.join(id);
+        let rootfs = dir.join("rootfs");
+        (dir, rootfs)
+    }
+}
+
+/// Ids as runc accepts them, minus what could clash with cgroup or mount names.
+fn check_id(id: &str) -> anyhow::Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 1024
+        && id != "."
+        && id != ".."
+        && !id.starts_with("cgroup.")
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_+-.".contains(c));
+    if !ok {
+        bail!("invalid container id {id:?} (letters, digits and _ + - . only)");
+    }
+    Ok(())
+}
+
+/// Unmounts a container's root (detaching it if something still holds it) and removes its
+/// directories, never anything beneath a mount.
+fn unmount_root(rootfs: &Path, dir: &Path) {
+    if let Err(e) = mount::umount2(rootfs, MntFlags::empty()) {
+        if e != nix::errno::Errno::EINVAL {
+            diag!("unmount {}: {e}; detaching it", rootfs.display());
+            if let Err(e) = mount::umount2(rootfs, MntFlags::MNT_DETACH) {
+                diag!("detach {}: {e}", rootfs.display());
+            }
+        }
+    }
+    for d in [rootfs, dir] {
+        if let Err(e) = std::fs::remove_dir(d) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                diag!("remove {}: {e}", d.display());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked_like_runc_does() {
+        for good in ["a", "ctr-1", "k8s_pod.x+y", "0123456789abcdef"] {
+            assert!(check_id(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", "a/b", "a b", "cgroup.procs", "x\n"] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}
