@@ -82,7 +82,8 @@ impl AgentClient {
         }
     }
 
-    fn handshake(stream: UnixStream) -> Result<Self> {
+    /// Performs the version handshake on a stream already connected to the agent.
+    pub fn handshake(stream: UnixStream) -> Result<Self> {
         let mut c = Self {
             stream,
             next_id: 1,
@@ -101,6 +102,12 @@ impl AgentClient {
             }
             other => bail!("agent answered the handshake with {other:?}"),
         }
+    }
+
+    /// The connection and the guest kernel's release, to hand the connection to another
+    /// reader (see `agent_link::AgentMux`).
+    pub fn into_parts(self) -> (UnixStream, String) {
+        (self.stream, self.kernel_release)
     }
 
     /// The guest kernel's release, from the handshake.

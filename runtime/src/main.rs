@@ -1,10 +1,28 @@
 //! `husk`: an OCI runtime that runs every container in its own KVM microVM.
+//!
+//! The command line is runc's (parsed by `liboci-cli`, as youki does); each command is
+//! one file under `commands/`. `husk vm run` drives the VMM directly, without OCI.
 
 mod agent_client;
+mod agent_link;
+mod bundle;
 mod commands;
+mod container;
+mod globals;
+mod logging;
+mod process_io;
+mod procfs;
+mod rootfs;
+mod sandbox;
+mod signal;
+mod sockdir;
 mod stdio;
+mod timefmt;
 
 use clap::{Parser, Subcommand};
+use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};
+
+use crate::globals::Globals;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -13,15 +31,39 @@ use clap::{Parser, Subcommand};
     about = "OCI runtime that boots every container as a KVM microVM"
 )]
 struct Cli {
+    #[command(flatten)]
+    global: GlobalOpts,
+    /// Accepted for runc compatibility and ignored.
+    #[arg(long, hide = true)]
+    criu: Option<String>,
+    /// Accepted for runc compatibility and ignored.
+    #[arg(long, hide = true)]
+    rootless: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    #[command(flatten)]
+    Standard(Box<StandardCmd>),
+    #[command(flatten)]
+    Common(Box<CommonCmd>),
     /// Drive the microVM directly, without OCI.
     #[command(subcommand)]
-    Vm(VmCommand),
+    Vm(Box<VmCommand>),
+    /// The sandbox process of a container (started by `create`).
+    #[command(hide = true)]
+    Sandbox(sandbox::SandboxArgs),
+    /// pid 1 of the process backend's agent namespace.
+    #[command(hide = true)]
+    SandboxAgentInit {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        argv: Vec<String>,
+    },
+    /// The process that stays behind for `exec --detach`.
+    #[command(hide = true)]
+    ExecChild(commands::exec::ExecChildArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -31,22 +73,73 @@ enum VmCommand {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HUSK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Vm(VmCommand::Run(args)) => commands::vm_run::run(args),
-    };
-    match result {
-        Ok(code) => std::process::exit(code),
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(e) => {
-            eprintln!("husk: error: {e:#}");
+            let _ = e.print();
+            // Help and version are not failures; everything else is status 1, as in runc.
+            std::process::exit(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
+    let globals = match Globals::from_opts(&cli.global) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("husk: {e:#}");
             std::process::exit(1);
         }
+    };
+    match cli.command {
+        Command::Sandbox(args) => {
+            logging::init(&globals.log, false);
+            std::process::exit(sandbox::main(&globals, args));
+        }
+        Command::SandboxAgentInit { argv } => {
+            std::process::exit(sandbox::process_backend::agent_init_main(&argv));
+        }
+        command => {
+            logging::init(&globals.log, true);
+            match dispatch(&globals, command) {
+                Ok(code) => std::process::exit(code),
+                Err(e) => {
+                    logging::report_error(&globals.log, &format!("{e:#}"));
+                    std::process::exit(1);
+                }
+            }
+        }
     }
+}
+
+fn dispatch(g: &Globals, command: Command) -> anyhow::Result<i32> {
+    use commands::*;
+    match command {
+        Command::Standard(cmd) => match *cmd {
+            StandardCmd::Create(a) => create::run(g, a),
+            StandardCmd::Start(a) => start::run(g, a),
+            StandardCmd::State(a) => state::run(g, a),
+            StandardCmd::Kill(a) => kill::run(g, a),
+            StandardCmd::Delete(a) => delete::run(g, a),
+        },
+        Command::Common(cmd) => match *cmd {
+            CommonCmd::Exec(a) => exec::run(g, a),
+            CommonCmd::Features(a) => features::run(g, a),
+            CommonCmd::List(a) => list::run(g, a),
+            CommonCmd::Pause(a) => pause::run(g, a),
+            CommonCmd::Ps(a) => ps::run(g, a),
+            CommonCmd::Resume(a) => resume::run(g, a),
+            CommonCmd::Run(a) => run::run(g, a),
+            CommonCmd::Spec(a) => spec::run(g, a),
+            CommonCmd::Checkpointt(_) => unsupported("checkpoint"),
+            CommonCmd::Events(_) => unsupported("events"),
+            CommonCmd::Update(_) => unsupported("update"),
+        },
+        Command::Vm(vm) => match *vm {
+            VmCommand::Run(a) => vm_run::run(a),
+        },
+        Command::ExecChild(a) => exec::child_main(g, a),
+        Command::Sandbox(_) | Command::SandboxAgentInit { .. } => unreachable!("handled in main"),
+    }
+}
+
+fn unsupported(what: &str) -> anyhow::Result<i32> {
+    anyhow::bail!("husk does not support {what} yet")
 }

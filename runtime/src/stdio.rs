@@ -31,6 +31,64 @@ impl StdioListener {
         Ok(Self { listener, path })
     }
 
+    /// Listens on the first free host port from `first` on (another exec client may
+    /// hold a port, or have left its socket file behind).
+    pub fn bind_free(uds: &Path, first: u32) -> Result<(Self, u32)> {
+        let mut last = None;
+        for port in first..first.saturating_add(1000) {
+            let path = PathBuf::from(format!("{}_{port}", uds.display()));
+            match UnixListener::bind(&path) {
+                Ok(listener) => return Ok((Self { listener, path }, port)),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("listening on {}", path.display()))
+                }
+            }
+        }
+        Err(anyhow::anyhow!(
+            "no free stdio port from {first} on (last error: {last:?})"
+        ))
+    }
+
+    /// Accepts the streams in `want` for `exec_id` until all have arrived, `timeout`
+    /// passes, or `keep_going` (asked between waits) says to stop, e.g. because the
+    /// agent answered the request with an error and will connect nothing.
+    pub fn accept_streams_while(
+        &self,
+        exec_id: &str,
+        want: &[StreamKind],
+        timeout: Duration,
+        mut keep_going: impl FnMut() -> bool,
+    ) -> Result<HashMap<StreamKind, UnixStream>> {
+        let deadline = Instant::now() + timeout;
+        let mut got = HashMap::new();
+        while got.len() < want.len() {
+            if Instant::now() >= deadline {
+                bail!("the guest did not connect the process's stdio in time");
+            }
+            let mut fds = [PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(20u8)) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e).context("waiting for stdio streams"),
+                Ok(0) => {
+                    if !keep_going() {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+            }
+            let (mut s, _) = self.listener.accept().context("accepting a stdio stream")?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let hello: StreamHello = read_frame(&mut s).context("reading a stdio stream header")?;
+            s.set_read_timeout(None)?;
+            if hello.exec_id == exec_id && want.contains(&hello.stream) {
+                got.insert(hello.stream, s);
+            }
+        }
+        Ok(got)
+    }
+
     /// Accepts the streams in `want` for `exec_id`. While waiting it also watches
     /// `control` (the agent's control socket): if the agent answers there first (an
     /// error), it returns what it has so the caller can read that answer.

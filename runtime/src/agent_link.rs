@@ -1,0 +1,284 @@
+//! How the host reaches a container's guest agent, and a control connection shared by
+//! several threads.
+//!
+//! In a VM the agent is behind the VMM's hybrid vsock socket (`CONNECT <port>`); with the
+//! process backend used by tests it is a host process listening on a plain unix socket.
+//! Either way, stdio streams arrive at `<prefix>_<port>` sockets that the host binds, so
+//! everything above [`AgentEndpoint`] is the same for both.
+
+use std::collections::HashMap;
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use husk_protocol::{read_frame, write_frame, Envelope, Request, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::agent_client::AgentClient;
+use crate::sockdir::SocketDir;
+
+/// Where a container's agent listens; recorded in the container's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum AgentAddress {
+    /// The VM's hybrid vsock socket `dir/socket`.
+    Vsock {
+        /// The container's state directory.
+        dir: PathBuf,
+        /// The socket's name in it.
+        socket: String,
+    },
+    /// A test-mode agent on the host: control socket `dir/control`, stdio streams to
+    /// `dir/<stdio_prefix>_<port>`.
+    Unix {
+        /// The container's state directory.
+        dir: PathBuf,
+        /// The agent's control socket's name.
+        control: String,
+        /// Prefix of the stdio socket names.
+        stdio_prefix: String,
+    },
+}
+
+/// An [`AgentAddress`] made usable in this process.
+#[derive(Debug)]
+pub struct AgentEndpoint {
+    addr: AgentAddress,
+    dir: SocketDir,
+}
+
+impl AgentEndpoint {
+    /// Opens the address's directory.
+    pub fn open(addr: &AgentAddress) -> Result<Self> {
+        let dir = match addr {
+            AgentAddress::Vsock { dir, .. } | AgentAddress::Unix { dir, .. } => dir,
+        };
+        Ok(Self {
+            addr: addr.clone(),
+            dir: SocketDir::open(dir)?,
+        })
+    }
+
+    /// What `StdioListener::bind` takes: stdio for host port P arrives at `<this>_P`.
+    pub fn stdio_prefix(&self) -> PathBuf {
+        match &self.addr {
+            AgentAddress::Vsock { socket, .. } => self.dir.socket(socket),
+            AgentAddress::Unix { stdio_prefix, .. } => self.dir.socket(stdio_prefix),
+        }
+    }
+
+    /// Connects and performs the handshake, retrying until `deadline` while the agent
+    /// starts; `alive` is asked between attempts so a dead guest is reported at once.
+    pub fn connect(
+        &self,
+        deadline: Instant,
+        mut alive: impl FnMut() -> Result<()>,
+    ) -> Result<AgentClient> {
+        match &self.addr {
+            AgentAddress::Vsock { socket, .. } => {
+                AgentClient::connect(&self.dir.socket(socket), deadline, alive)
+            }
+            AgentAddress::Unix { control, .. } => {
+                let path = self.dir.socket(control);
+                loop {
+                    alive()?;
+                    match UnixStream::connect(&path) {
+                        Ok(s) => return AgentClient::handshake(s),
+                        Err(e) if Instant::now() >= deadline => {
+                            bail!("the agent did not answer in time (last error: {e})")
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One connection attempt, for a container whose agent is known to be up.
+    pub fn connect_now(&self) -> Result<AgentClient> {
+        self.connect(Instant::now() + Duration::from_secs(10), || Ok(()))
+            .context("connecting to the container's guest agent")
+    }
+}
+
+/// A control connection that several threads use at once: each request waits for its
+/// own response, so a pending `Wait` does not hold up a `Signal`.
+pub struct AgentMux {
+    writer: Mutex<UnixStream>,
+    shared: Arc<Mutex<MuxState>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct MuxState {
+    waiters: HashMap<u64, Sender<Response>>,
+    lost: Option<String>,
+}
+
+/// A request sent through an [`AgentMux`] whose response has not been taken yet.
+pub struct Pending {
+    rx: Receiver<Response>,
+    shared: Arc<Mutex<MuxState>>,
+}
+
+impl AgentMux {
+    /// Takes over `client`'s connection; a thread reads and dispatches the responses.
+    pub fn new(client: AgentClient) -> Result<Arc<Self>> {
+        let (stream, _) = client.into_parts();
+        let mut reader = stream
+            .try_clone()
+            .context("duplicating the agent connection")?;
+        let shared = Arc::new(Mutex::new(MuxState::default()));
+        let for_reader = shared.clone();
+        std::thread::Builder::new()
+            .name("agent-reader".into())
+            .spawn(move || loop {
+                match read_frame::<_, Envelope<Response>>(&mut reader) {
+                    Ok(env) => {
+                        let mut st = for_reader.lock().unwrap_or_else(PoisonError::into_inner);
+                        if let Some(tx) = st.waiters.remove(&env.id) {
+                            let _ = tx.send(env.body);
+                        }
+                    }
+                    Err(e) => {
+                        let mut st = for_reader.lock().unwrap_or_else(PoisonError::into_inner);
+                        st.lost = Some(e.to_string());
+                        st.waiters.clear();
+                        return;
+                    }
+                }
+            })
+            .context("starting the agent reader thread")?;
+        Ok(Arc::new(Self {
+            writer: Mutex::new(stream),
+            shared,
+            // The handshake used the first ids; any later number will do.
+            next_id: AtomicU64::new(1000),
+        }))
+    }
+
+    /// Sends `req`; the response is collected from the returned [`Pending`].
+    pub fn submit(&self, req: Request) -> Result<Pending> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        {
+            let mut st = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(why) = &st.lost {
+                bail!("the connection to the guest agent is lost ({why})");
+            }
+            st.waiters.insert(id, tx);
+        }
+        self.write(id, req)?;
+        Ok(Pending {
+            rx,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Sends `req` and drops its response whenever it comes.
+    pub fn post(&self, req: Request) -> Result<()> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.write(id, req)
+    }
+
+    /// Sends `req` and waits for its response.
+    pub fn call(&self, req: Request) -> Result<Response> {
+        self.submit(req)?.wait()
+    }
+
+    /// Sends `req` and waits at most `timeout` for its response.
+    pub fn call_timeout(&self, req: Request, timeout: Duration) -> Result<Response> {
+        self.submit(req)?
+            .wait_timeout(timeout)?
+            .ok_or_else(|| anyhow!("the guest agent did not answer within {timeout:?}"))
+    }
+
+    /// Ends the connection: every pending request fails.
+    pub fn close(&self) {
+        let w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = w.shutdown(Shutdown::Both);
+    }
+
+    fn write(&self, id: u64, req: Request) -> Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        write_frame(&mut *w, &Envelope { id, body: req }).context("sending to the guest agent")
+    }
+}
+
+impl Pending {
+    /// Waits for the response.
+    pub fn wait(self) -> Result<Response> {
+        self.rx.recv().map_err(|_| self.lost())
+    }
+
+    /// Waits up to `timeout`; `None` if no response came in that time.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<Option<Response>> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(r) => Ok(Some(r)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(self.lost()),
+        }
+    }
+
+    fn lost(&self) -> anyhow::Error {
+        let st = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        anyhow!(
+            "the connection to the guest agent was lost ({})",
+            st.lost.as_deref().unwrap_or("closed")
+        )
+    }
+}
+
+/// Turns an agent `Error` response into an error and anything unexpected into one too.
+pub fn expect_ok(resp: Response, what: &str) -> Result<()> {
+    match resp {
+        Response::Ok => Ok(()),
+        Response::Error { message } => bail!("{what}: {message}"),
+        other => bail!("{what}: unexpected answer from the guest agent: {other:?}"),
+    }
+}
+
+/// The directory-relative address for sockets a sandbox creates in `dir`.
+pub fn vsock_address(dir: &Path) -> AgentAddress {
+    AgentAddress::Vsock {
+        dir: dir.to_owned(),
+        socket: crate::container::ContainerDir::VSOCK_SOCKET.to_owned(),
+    }
+}
+
+/// Sends `req` (an exec or container create whose stdio goes to `listener`), collects
+/// its stdio streams, and waits for the agent's answer; returns the guest pid and the
+/// streams. An error answer is returned as an error, whatever arrived before it.
+pub fn start_process(
+    agent: &AgentMux,
+    listener: &crate::stdio::StdioListener,
+    exec_id: &str,
+    wanted: &[husk_protocol::StreamKind],
+    req: Request,
+    what: &str,
+) -> Result<(i32, HashMap<husk_protocol::StreamKind, UnixStream>)> {
+    let pending = agent.submit(req)?;
+    let mut answer: Option<Result<Response>> = None;
+    let streams = listener.accept_streams_while(exec_id, wanted, Duration::from_secs(60), || {
+        if answer.is_none() {
+            answer = pending.wait_timeout(Duration::ZERO).transpose();
+        }
+        matches!(answer, None | Some(Ok(Response::Started { .. })))
+    });
+    let answer = match answer {
+        Some(a) => a?,
+        None => pending
+            .wait_timeout(Duration::from_secs(60))?
+            .ok_or_else(|| anyhow!("the guest agent did not answer the {what} request"))?,
+    };
+    match answer {
+        Response::Started { pid } => Ok((pid, streams?)),
+        Response::Error { message } => bail!("{what}: {message}"),
+        other => bail!("{what}: unexpected answer from the guest agent: {other:?}"),
+    }
+}

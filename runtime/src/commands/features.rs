@@ -1,0 +1,119 @@
+//! `husk features`: what husk understands in config.json, in the layout of
+//! `runc features` (runtime-spec features-linux.md).
+//!
+//! The Linux features are those of the container inside the guest (namespaces,
+//! capabilities, seccomp are applied by the guest agent under the guest kernel). husk
+//! runs no OCI hooks: its container processes live in a VM the host cannot enter.
+
+use anyhow::{Context, Result};
+use liboci_cli::Features;
+use oci_spec::runtime::Features as OciFeatures;
+use serde_json::json;
+
+use crate::globals::Globals;
+
+/// Every capability the guest kernel (Linux 6.1) knows.
+const CAPABILITIES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The features document.
+pub fn features() -> Result<OciFeatures> {
+    let doc = json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": crate::container::state::OCI_VERSION,
+        "hooks": [],
+        "mountOptions": [
+            "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec",
+            "mand", "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime",
+            "nostrictatime", "nosuid", "private", "rbind", "relatime", "remount", "ro",
+            "rprivate", "rshared", "rslave", "runbindable", "rw", "shared", "slave",
+            "strictatime", "suid", "sync", "unbindable"
+        ],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
+            "capabilities": CAPABILITIES.as_slice(),
+            "cgroup": {"v1": false, "v2": true, "systemd": false, "systemdUser": false},
+            "seccomp": {
+                "enabled": true,
+                "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL",
+                            "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG",
+                            "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"],
+                "operators": ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE",
+                              "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
+                "archs": ["SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32"]
+            },
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false}
+        },
+        "annotations": {
+            "io.github.husk.version": env!("CARGO_PKG_VERSION"),
+            "io.github.husk.isolation": "kvm-microvm",
+            "io.github.husk.bind-mounts": "regular files only (copied into the root image)"
+        }
+    });
+    serde_json::from_value(doc).context("building the features document")
+}
+
+/// `husk features`.
+pub fn run(_g: &Globals, _args: Features) -> Result<i32> {
+    println!("{}", serde_json::to_string_pretty(&features()?)?);
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_document_has_runc_keys() {
+        let v = serde_json::to_value(features().unwrap()).unwrap();
+        assert_eq!(v["ociVersionMin"], "1.0.0");
+        assert!(v["linux"]["namespaces"].as_array().unwrap().len() >= 6);
+        assert_eq!(v["linux"]["seccomp"]["enabled"], true);
+        assert!(v["mountOptions"]
+            .as_array()
+            .unwrap()
+            .contains(&"rbind".into()));
+    }
+}

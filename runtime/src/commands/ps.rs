@@ -1,0 +1,42 @@
+//! `husk ps`: the container's processes.
+//!
+//! Unlike runc, which prints host pids, husk prints the guest's pids: the container's
+//! processes live in the microVM and have no host pids. `--format json` prints them as
+//! a JSON array; the table has one column, PID (ps options are not supported).
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use liboci_cli::Ps;
+
+use crate::container::{ContainerDir, Status};
+use crate::globals::Globals;
+use crate::sandbox::control::{ControlRequest, ControlResponse};
+
+/// `husk ps [--format json] ID`.
+pub fn run(g: &Globals, args: Ps) -> Result<i32> {
+    let dir = ContainerDir::new(&g.root, &args.container_id)?;
+    let rec = dir.load()?;
+    if !args.ps_options.is_empty() && args.format != "json" {
+        bail!("ps options are not supported: husk lists guest pids only");
+    }
+    let pids = match dir.status(&rec) {
+        Status::Stopped | Status::Creating => Vec::new(),
+        _ => match dir.control(ControlRequest::Ps, Duration::from_secs(30))? {
+            ControlResponse::Pids { pids } => pids,
+            ControlResponse::Error { message } => bail!("{message}"),
+            other => bail!("unexpected answer from the sandbox: {other:?}"),
+        },
+    };
+    match args.format.as_str() {
+        "json" => println!("{}", serde_json::to_string(&pids)?),
+        "table" => {
+            println!("PID");
+            for p in pids {
+                println!("{p}");
+            }
+        }
+        other => bail!("invalid format {other:?} (use table or json)"),
+    }
+    Ok(0)
+}

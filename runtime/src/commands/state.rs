@@ -1,0 +1,16 @@
+//! `husk state`: the container's state as JSON, in runc's layout.
+
+use anyhow::Result;
+use liboci_cli::State;
+
+use crate::container::ContainerDir;
+use crate::globals::Globals;
+
+/// `husk state ID`.
+pub fn run(g: &Globals, args: State) -> Result<i32> {
+    let dir = ContainerDir::new(&g.root, &args.container_id)?;
+    let rec = dir.load()?;
+    let status = dir.status(&rec);
+    println!("{}", serde_json::to_string_pretty(&rec.runc_view(status))?);
+    Ok(0)
+}

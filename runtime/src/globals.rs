@@ -1,0 +1,56 @@
+//! The global options every command takes (runc's: `--root`, `--log`, `--log-format`,
+//! `--debug`, `--systemd-cgroup`).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use liboci_cli::GlobalOpts;
+
+use crate::logging::{LogConfig, LogFormat};
+
+/// Where container state lives unless `--root` says otherwise.
+pub const DEFAULT_ROOT: &str = "/run/husk";
+
+/// The global options, checked.
+#[derive(Debug, Clone)]
+pub struct Globals {
+    /// `--root`: the directory holding one state directory per container.
+    pub root: PathBuf,
+    /// `--log`, `--log-format`, `--debug`.
+    pub log: LogConfig,
+    /// `--systemd-cgroup`: accepted and ignored; resource limits apply to the whole VM
+    /// (its memory and vCPUs) and, inside the guest, to the container's cgroup.
+    pub systemd_cgroup: bool,
+}
+
+impl Globals {
+    /// Checks the options as parsed.
+    pub fn from_opts(opts: &GlobalOpts) -> Result<Self> {
+        Ok(Self {
+            root: opts.root.clone().unwrap_or_else(|| DEFAULT_ROOT.into()),
+            log: LogConfig {
+                file: opts.log.clone(),
+                format: LogFormat::parse(opts.log_format.as_deref())?,
+                debug: opts.debug,
+            },
+            systemd_cgroup: opts.systemd_cgroup,
+        })
+    }
+
+    /// The same options as command-line arguments, for the helper processes husk starts
+    /// (the sandbox, a detached exec).
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["--root".into(), self.root.clone().into()];
+        if let Some(log) = &self.log.file {
+            args.push("--log".into());
+            args.push(log.clone().into());
+        }
+        args.push("--log-format".into());
+        args.push(self.log.format.as_str().into());
+        if self.log.debug {
+            args.push("--debug".into());
+        }
+        args
+    }
+}

@@ -1,0 +1,57 @@
+//! What runs the guest: a KVM microVM (the real thing) or, for tests on hosts without a
+//! KVM that boots Linux, the agent as a host process (`HUSK_SANDBOX_BACKEND=process`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::agent_link::AgentAddress;
+use crate::sockdir::SocketDir;
+
+/// What a backend needs to start a guest.
+pub struct GuestSpec<'a> {
+    /// The container's state directory.
+    pub dir: PathBuf,
+    /// Sockets in that directory, by short paths.
+    pub sockets: &'a SocketDir,
+    /// The root filesystem image.
+    pub image: PathBuf,
+    /// Attach it read-only.
+    pub readonly: bool,
+    /// Guest memory.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Keep the guest's console log (`--debug`).
+    pub debug: bool,
+}
+
+/// A started guest.
+pub trait Backend: Send + Sync {
+    /// Where its agent listens.
+    fn agent_address(&self) -> AgentAddress;
+    /// The root image's device path as the agent sees it.
+    fn root_device(&self) -> String;
+    /// `Some(why)` once the guest has ended; waits up to `timeout` for that.
+    fn ended(&self, timeout: Duration) -> Option<String>;
+    /// Freezes the guest.
+    fn pause(&self) -> Result<()>;
+    /// Thaws the guest.
+    fn resume(&self) -> Result<()>;
+    /// Ends the guest now.
+    fn stop(&self);
+    /// The name recorded in state.
+    fn name(&self) -> &'static str;
+}
+
+/// Starts the backend `HUSK_SANDBOX_BACKEND` names (default `vm`).
+pub fn start(spec: &GuestSpec<'_>) -> Result<Box<dyn Backend>> {
+    match std::env::var("HUSK_SANDBOX_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("vm") => Ok(Box::new(super::vm_backend::VmBackend::start(spec)?)),
+        Ok("process") => Ok(Box::new(super::process_backend::ProcessBackend::start(
+            spec,
+        )?)),
+        Ok(other) => bail!("HUSK_SANDBOX_BACKEND={other:?}: use vm or process"),
+    }
+}

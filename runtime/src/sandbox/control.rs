@@ -1,0 +1,109 @@
+//! The sandbox's control socket, `<root>/<id>/control.sock`: how `start`, `kill`,
+//! `state`, `pause`, `resume` and `ps` reach a running sandbox. One request and one
+//! response per connection, framed like the agent protocol (u32 length + JSON).
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use husk_protocol::{read_frame, write_frame};
+use serde::{Deserialize, Serialize};
+
+use crate::container::{ContainerDir, Status};
+use crate::sockdir::SocketDir;
+
+/// What a command asks the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlRequest {
+    /// The live status.
+    State,
+    /// Run the user's program (created -> running).
+    Start,
+    /// Signal the container's process (or all of its processes).
+    Kill {
+        /// Signal number.
+        signal: i32,
+        /// Every process of the container.
+        all: bool,
+    },
+    /// Freeze the VM.
+    Pause,
+    /// Thaw the VM.
+    Resume,
+    /// The container's processes (guest pids).
+    Ps,
+}
+
+/// The sandbox's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlResponse {
+    /// Answer to `State`.
+    State {
+        /// The container's status.
+        status: Status,
+    },
+    /// Done.
+    Ok,
+    /// Answer to `Ps`.
+    Pids {
+        /// Guest pids.
+        pids: Vec<i32>,
+    },
+    /// Refused or failed.
+    Error {
+        /// One line for the user.
+        message: String,
+    },
+}
+
+impl ControlResponse {
+    /// `Ok` as `Ok(())`, an `Error` as an error.
+    pub fn into_result(self) -> Result<()> {
+        match self {
+            ControlResponse::Ok => Ok(()),
+            ControlResponse::Error { message } => bail!("{message}"),
+            other => bail!("unexpected answer from the sandbox: {other:?}"),
+        }
+    }
+}
+
+/// Sends `req` to the sandbox whose state directory is `dir`.
+pub fn request(dir: &Path, req: ControlRequest, timeout: Duration) -> Result<ControlResponse> {
+    let sockets = SocketDir::open(dir)?;
+    let mut s = UnixStream::connect(sockets.socket(ContainerDir::CONTROL_SOCKET))
+        .context("connecting to the container's sandbox process")?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write_frame(&mut s, &req).context("sending to the sandbox process")?;
+    read_frame(&mut s).context("reading the sandbox process's answer")
+}
+
+/// Serves control requests with `handler`, one thread per connection, forever.
+pub fn serve(
+    listener: UnixListener,
+    handler: Arc<dyn Fn(ControlRequest) -> ControlResponse + Send + Sync>,
+) {
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        let handler = handler.clone();
+        let _ = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let resp = match read_frame::<_, ControlRequest>(&mut conn) {
+                    Ok(req) => handler(req),
+                    Err(e) => ControlResponse::Error {
+                        message: format!("bad control request: {e}"),
+                    },
+                };
+                let _ = write_frame(&mut conn, &resp);
+            });
+    }
+}

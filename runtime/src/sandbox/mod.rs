@@ -1,0 +1,455 @@
+//! The sandbox process: `husk sandbox`, started by `create` the way runc starts
+//! `runc init`, and from then on the container as far as the host can see.
+//!
+//! It builds the root filesystem image, boots the container's microVM, connects to the
+//! guest agent, has it create the container (the process exists, stopped before
+//! `execve`), serves the control socket, and only then tells `create` it is ready, over
+//! a pipe. Its pid is the one in `--pid-file` and in `state`, and its exit status is the
+//! container's (128+N when a signal N killed it), so the runc shim, conmon and dockerd
+//! reap it as they would reap runc's container process. It inherits `create`'s stdio and
+//! relays it to the guest (or a pty, see [`crate::process_io`]); signals it receives
+//! (SIGTERM, SIGINT, SIGHUP, ...) are passed on to the container's process. When that
+//! process exits, the sandbox flushes stdio, powers the guest off and exits.
+
+pub mod backend;
+pub mod control;
+mod loopdev;
+pub mod process_backend;
+pub mod vm_backend;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use husk_protocol::{ContainerRequest, ExitStatus, Request, Response, RootDisk};
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use crate::agent_link::{expect_ok, start_process, AgentAddress, AgentEndpoint, AgentMux};
+use crate::bundle::Bundle;
+use crate::container::{ContainerDir, Status};
+use crate::globals::Globals;
+use crate::process_io::{window_size, IoMode, ProcessIo, Relays};
+use crate::sockdir::SocketDir;
+use crate::stdio::StdioListener;
+use backend::{Backend, GuestSpec};
+use control::{ControlRequest, ControlResponse};
+
+/// Host vsock port the agent connects the container's stdio streams to.
+const CONTAINER_STDIO_PORT: u32 = 2000;
+/// How long output may keep flowing after the container's process has exited.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Options of the hidden `husk sandbox` command (only `create` runs it).
+#[derive(Args, Debug)]
+pub struct SandboxArgs {
+    /// The container id.
+    #[arg(long)]
+    pub id: String,
+    /// The bundle directory (absolute).
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// The descriptor to report readiness on.
+    #[arg(long)]
+    pub ready_fd: i32,
+    /// Send a pty master here; relay its slave to the container's terminal.
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// Use this process's own stdin and stdout as the container's terminal.
+    #[arg(long)]
+    pub own_terminal: bool,
+}
+
+/// The one line the sandbox writes on the readiness pipe.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Readiness {
+    /// The container exists, stopped before exec.
+    Ready {
+        /// How to reach the agent (for `exec`).
+        agent: AgentAddress,
+        /// The backend's name.
+        backend: String,
+    },
+    /// Creation failed; the sandbox has released everything and exits.
+    Failed {
+        /// One line for the user.
+        message: String,
+    },
+}
+
+/// How the container ended.
+enum Ended {
+    /// Its process exited.
+    Exited(ExitStatus),
+    /// The VM was stopped under it (SIGKILL of a paused container): this status.
+    Killed(i32),
+    /// The guest or the agent went away.
+    Lost(String),
+}
+
+/// Runs the sandbox; returns its exit status.
+pub fn main(globals: &Globals, args: SandboxArgs) -> i32 {
+    // SAFETY: `create` passed this descriptor for this process alone to write to.
+    let mut ready = unsafe { File::from_raw_fd(args.ready_fd) };
+    let signals = crate::signal::block_forwarded();
+    // Hold no directory of the caller's busy.
+    let _ = std::env::set_current_dir("/");
+    let span = tracing::info_span!("sandbox", id = %args.id);
+    let _entered = span.enter();
+    let sandbox = match Sandbox::setup(globals, &args) {
+        Ok(s) => s,
+        Err(e) => {
+            let message = crate::logging::one_line(&format!("{e:#}"));
+            tracing::error!("{message}");
+            let _ = write_readiness(&mut ready, &Readiness::Failed { message });
+            return 1;
+        }
+    };
+    let readiness = Readiness::Ready {
+        agent: sandbox.shared.backend.agent_address(),
+        backend: sandbox.shared.backend.name().to_owned(),
+    };
+    if let Err(e) = write_readiness(&mut ready, &readiness) {
+        // `create` is gone: nobody would ever start, kill or reap this container.
+        tracing::error!("create went away before the container was ready: {e}");
+        sandbox.shared.backend.stop();
+        return 1;
+    }
+    drop(ready);
+    sandbox.run(signals)
+}
+
+fn write_readiness(pipe: &mut File, r: &Readiness) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(r)?;
+    line.push(b'\n');
+    pipe.write_all(&line)
+}
+
+/// What the control socket, the signal thread and the main thread share.
+struct Shared {
+    id: String,
+    status: Mutex<Status>,
+    agent: Arc<AgentMux>,
+    backend: Box<dyn Backend>,
+    ended: Mutex<Sender<Ended>>,
+    /// The host terminal whose size the guest's terminal follows.
+    size_fd: Option<OwnedFd>,
+}
+
+struct Sandbox {
+    shared: Arc<Shared>,
+    io: ProcessIo,
+    relays: Relays,
+    ended: Receiver<Ended>,
+    _sockets: SocketDir,
+    _stdio: StdioListener,
+}
+
+fn seconds_from_env(name: &str, default: u64) -> Duration {
+    Duration::from_secs(
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
+impl Sandbox {
+    fn setup(globals: &Globals, args: &SandboxArgs) -> Result<Self> {
+        let dir = ContainerDir::new(&globals.root, &args.id)?;
+        let bundle = Bundle::load(&args.bundle)?;
+        let sockets = SocketDir::open(dir.path())?;
+        let mode = match (&args.console_socket, args.own_terminal) {
+            (Some(s), _) => IoMode::ConsoleSocket(s.clone()),
+            (None, true) => IoMode::OwnTerminal,
+            (None, false) => IoMode::Pipes,
+        };
+        let mut io = ProcessIo::prepare(mode)?;
+
+        let image = dir.rootfs_image();
+        let readonly = bundle.readonly_root();
+        let started = Instant::now();
+        crate::rootfs::build_image(&bundle.rootfs, &image, readonly, &bundle.file_binds)?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "root image built"
+        );
+
+        let backend = backend::start(&GuestSpec {
+            dir: dir.path().to_owned(),
+            sockets: &sockets,
+            image,
+            readonly,
+            memory_mib: bundle.memory_mib(),
+            vcpus: bundle.vcpus(),
+            debug: globals.log.debug,
+        })?;
+        let endpoint = AgentEndpoint::open(&backend.agent_address())?;
+        let deadline = Instant::now() + seconds_from_env("HUSK_BOOT_TIMEOUT", 120);
+        let hint = if globals.log.debug {
+            format!(
+                "; the guest's console is in {}",
+                dir.path().join("console.log").display()
+            )
+        } else {
+            "; run with --debug to keep the guest's console log".into()
+        };
+        let client = endpoint.connect(deadline, || match backend.ended(Duration::ZERO) {
+            Some(why) => bail!("the guest ended before its agent answered: {why}{hint}"),
+            None => Ok(()),
+        })?;
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "agent connected");
+        let agent = AgentMux::new(client)?;
+
+        let stdio = StdioListener::bind(&endpoint.stdio_prefix(), CONTAINER_STDIO_PORT)?;
+        let control = UnixListener::bind(sockets.socket(ContainerDir::CONTROL_SOCKET))
+            .context("listening on the control socket")?;
+
+        let request = Request::CreateContainer(ContainerRequest {
+            container_id: args.id.clone(),
+            spec: bundle.guest_spec(),
+            root: RootDisk {
+                device: backend.root_device(),
+                fstype: "ext4".into(),
+                readonly,
+            },
+            stdio: io.spec(CONTAINER_STDIO_PORT),
+        });
+        let (guest_pid, streams) = start_process(
+            &agent,
+            &stdio,
+            &args.id,
+            &io.wanted(),
+            request,
+            "creating the container in the guest",
+        )?;
+        tracing::debug!(guest_pid, "container created");
+        let relays = io.relay(streams)?;
+
+        let (ended_tx, ended) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            id: args.id.clone(),
+            status: Mutex::new(Status::Created),
+            agent: agent.clone(),
+            backend,
+            ended: Mutex::new(ended_tx.clone()),
+            size_fd: io.size_fd(),
+        });
+        if io.terminal() {
+            if let Some((rows, cols)) = io.window_size() {
+                shared.resize(rows, cols);
+            }
+            io.take_controlling_terminal();
+        }
+
+        let wait = agent.submit(Request::Wait {
+            exec_id: args.id.clone(),
+        })?;
+        std::thread::Builder::new()
+            .name("wait".into())
+            .spawn(move || {
+                let ended = match wait.wait() {
+                    Ok(Response::Exited { status }) => Ended::Exited(status),
+                    Ok(other) => Ended::Lost(format!("unexpected answer to wait: {other:?}")),
+                    Err(e) => Ended::Lost(format!("{e:#}")),
+                };
+                let _ = ended_tx.send(ended);
+            })?;
+        let handler_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("control-server".into())
+            .spawn(move || control::serve(control, Arc::new(move |r| handler_shared.handle(r))))?;
+        Ok(Self {
+            shared,
+            io,
+            relays,
+            ended,
+            _sockets: sockets,
+            _stdio: stdio,
+        })
+    }
+
+    /// Serves until the container ends; returns the exit status.
+    fn run(mut self, signals: nix::sys::signal::SigSet) -> i32 {
+        let for_signals = self.shared.clone();
+        crate::signal::spawn_handler(signals, move |sig| for_signals.on_signal(sig));
+
+        let ended = loop {
+            match self.ended.recv_timeout(Duration::from_millis(200)) {
+                Ok(e) => break e,
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(why) = self.shared.backend.ended(Duration::ZERO) {
+                        break Ended::Lost(why);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break Ended::Lost("no waiter".into()),
+            }
+        };
+        *self
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Status::Stopped;
+        let code = match ended {
+            Ended::Exited(status) => {
+                if !self.relays.finish(FLUSH_TIMEOUT) {
+                    tracing::warn!("the container's output did not end within {FLUSH_TIMEOUT:?}");
+                }
+                // Power the guest off; it answers first.
+                let _ = self
+                    .shared
+                    .agent
+                    .call_timeout(Request::Shutdown, Duration::from_secs(10));
+                if self.shared.backend.ended(Duration::from_secs(30)).is_none() {
+                    tracing::warn!("the guest did not power off within 30 s; stopping it");
+                }
+                status.shell_code()
+            }
+            Ended::Killed(code) => code,
+            Ended::Lost(why) => {
+                tracing::error!("the container's guest went away: {why}");
+                255
+            }
+        };
+        self.shared.backend.stop();
+        self.shared.agent.close();
+        self.io.restore();
+        code
+    }
+}
+
+impl Shared {
+    fn resize(&self, rows: u16, cols: u16) {
+        let _ = self.agent.post(Request::Resize {
+            exec_id: self.id.clone(),
+            rows,
+            cols,
+        });
+    }
+
+    fn on_signal(&self, sig: Signal) {
+        if sig == Signal::SIGWINCH {
+            let size = self.size_fd.as_ref().and_then(|fd| window_size(fd.as_fd()));
+            if let Some((rows, cols)) = size {
+                self.resize(rows, cols);
+            }
+            return;
+        }
+        let status = *self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        if status != Status::Stopped {
+            tracing::debug!(signal = %sig, "passing a signal on to the container");
+            let _ = self.agent.post(Request::Signal {
+                exec_id: self.id.clone(),
+                signal: sig as i32,
+                all: false,
+            });
+        }
+    }
+
+    fn handle(&self, req: ControlRequest) -> ControlResponse {
+        self.serve(req).unwrap_or_else(|e| ControlResponse::Error {
+            message: crate::logging::one_line(&format!("{e:#}")),
+        })
+    }
+
+    fn serve(&self, req: ControlRequest) -> Result<ControlResponse> {
+        let id = &self.id;
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        match req {
+            ControlRequest::State => Ok(ControlResponse::State { status: *status }),
+            ControlRequest::Start => {
+                match *status {
+                    Status::Created => {}
+                    Status::Stopped => bail!("cannot start container {id:?}: it has stopped"),
+                    other => bail!("cannot start container {id:?}: it is already {other}"),
+                }
+                let resp = self.agent.call_timeout(
+                    Request::StartContainer {
+                        container_id: id.clone(),
+                    },
+                    Duration::from_secs(60),
+                )?;
+                expect_ok(resp, "starting the container in the guest")?;
+                *status = Status::Running;
+                Ok(ControlResponse::Ok)
+            }
+            ControlRequest::Kill { signal, all } => {
+                let req = Request::Signal {
+                    exec_id: id.clone(),
+                    signal,
+                    all,
+                };
+                match *status {
+                    Status::Stopped | Status::Creating => {
+                        bail!("container {id:?} is not running")
+                    }
+                    Status::Paused if signal == Signal::SIGKILL as i32 => {
+                        // A frozen guest cannot act on it; ending the VM has the same
+                        // effect and cannot be ignored either.
+                        self.backend.stop();
+                        let _ = self
+                            .ended
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .send(Ended::Killed(128 + signal));
+                    }
+                    // Delivered when the guest is thawed, as with a frozen cgroup.
+                    Status::Paused => self.agent.post(req)?,
+                    Status::Created | Status::Running => {
+                        drop(status);
+                        let resp = self.agent.call_timeout(req, Duration::from_secs(10))?;
+                        expect_ok(resp, "signalling the container")?;
+                    }
+                }
+                Ok(ControlResponse::Ok)
+            }
+            ControlRequest::Pause => {
+                if *status != Status::Running {
+                    bail!("container {id:?} is not running (it is {})", *status);
+                }
+                self.backend.pause()?;
+                *status = Status::Paused;
+                Ok(ControlResponse::Ok)
+            }
+            ControlRequest::Resume => {
+                if *status != Status::Paused {
+                    bail!("container {id:?} is not paused (it is {})", *status);
+                }
+                self.backend.resume()?;
+                *status = Status::Running;
+                Ok(ControlResponse::Ok)
+            }
+            ControlRequest::Ps => {
+                match *status {
+                    Status::Created | Status::Running => {}
+                    Status::Paused => {
+                        bail!("container {id:?} is paused: resume it to list its processes")
+                    }
+                    other => bail!("container {id:?} is not running (it is {other})"),
+                }
+                drop(status);
+                let resp = self.agent.call_timeout(
+                    Request::Ps {
+                        container_id: id.clone(),
+                    },
+                    Duration::from_secs(10),
+                )?;
+                match resp {
+                    Response::Pids { pids } => Ok(ControlResponse::Pids { pids }),
+                    Response::Error { message } => {
+                        bail!("listing the container's processes: {message}")
+                    }
+                    other => bail!("unexpected answer to ps: {other:?}"),
+                }
+            }
+        }
+    }
+}

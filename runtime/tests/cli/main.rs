@@ -1,0 +1,7 @@
+//! Host tier of the OCI CLI: the real `husk` binary, end to end, with the process
+//! backend instead of a VM (see `support`).
+
+mod commands;
+mod errors;
+mod lifecycle;
+mod support;
