@@ -141,13 +141,26 @@ pub fn exec(agent: &Agent, req: &ExecRequest, container_id: &str) -> anyhow::Res
 /// The exec's OCI process: the request's own, or the container's with the request's
 /// argv, env, cwd and terminal.
 fn exec_process(spec: &serde_json::Value, req: &ExecRequest) -> anyhow::Result<serde_json::Value> {
-    if let Some(process) = &req.process {
-        return Ok(process.clone());
-    }
-    let mut process = spec
+    let template = spec
         .get("process")
         .cloned()
         .unwrap_or_else(|| serde_json::json!({}));
+    if let Some(process) = &req.process {
+        // `user` and `cwd` are required by the schema; take the container's if missing.
+        let mut process = process.clone();
+        let fields = process
+            .as_object_mut()
+            .context("the exec's process is not an object")?;
+        for key in ["user", "cwd"] {
+            if !fields.contains_key(key) {
+                if let Some(value) = template.get(key) {
+                    fields.insert(key.into(), value.clone());
+                }
+            }
+        }
+        return Ok(process);
+    }
+    let mut process = template;
     let fields = process
         .as_object_mut()
         .context("config.json: process is not an object")?;

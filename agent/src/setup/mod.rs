@@ -48,8 +48,14 @@ pub fn main() -> ! {
         eprintln!("{SETUP_ARGV0}: started without its socket (only the agent starts this)");
         std::process::exit(2);
     };
+    // Until the execve (which resets it), processes in the container must not ptrace this
+    // one or open its /proc files: its descriptors include the agent's socket and, for an
+    // exec, the container's namespaces.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // SAFETY: the agent's child left this descriptor open for this process to own.
     let mut channel = Channel::new(unsafe { OwnedFd::from_raw_fd(fd) });
+    exit_on_termination_signals();
     // Stderr may be the container's: failures travel to the agent instead.
     panic::set_hook(Box::new(|_| {}));
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| run(&mut channel)));
@@ -67,6 +73,27 @@ pub fn main() -> ! {
     };
     let _ = channel.report(&Report::Error { message });
     std::process::exit(127)
+}
+
+/// As the init of a new pid namespace this process would ignore every signal the agent
+/// sends but SIGKILL; until it execs (which resets handlers), the usual termination
+/// signals end it instead, as they end runc's init.
+fn exit_on_termination_signals() {
+    extern "C" fn exit_by(signal: libc::c_int) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(128 + signal) }
+    }
+    for signal in [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+    ] {
+        // SAFETY: installs a handler that only calls an async-signal-safe function.
+        unsafe { libc::signal(signal, exit_by as *const () as libc::sighandler_t) };
+    }
 }
 
 fn run(channel: &mut Channel) -> anyhow::Result<Infallible> {

@@ -7,6 +7,7 @@ use husk_protocol::ExitStatus;
 use serde_json::json;
 
 use crate::support::container::{docker_default_seccomp, spec, ContainerHost, DEFAULT_CAPS};
+use crate::support::read_until;
 
 #[test]
 fn the_process_gets_its_env_cwd_user_groups_umask_and_hostname() {
@@ -262,4 +263,55 @@ fn dockers_default_profile_refuses_what_it_leaves_out() {
     assert_eq!(host.run("admin", &s).stdout, "mounted\n");
     s["linux"]["seccomp"] = docker_default_seccomp(&DEFAULT_CAPS);
     assert_eq!(host.run("admin-seccomp", &s).stdout, "refused\n");
+}
+
+#[test]
+fn a_user_namespace_maps_the_containers_root_and_execs_join_it() {
+    let mut host = ContainerHost::new();
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map /proc/self/gid_map; echo $$; \
+         touch /tmp/t && echo tmp-ok; exec sleep 100",
+    ]);
+    s["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    s["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    s["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    let mut created = host.create("userns", &s).unwrap_or_else(|e| panic!("{e}"));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", created.pid)).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line.contains("100000"),
+        "seen from the host: {uid_line}"
+    );
+    host.start("userns");
+    let out = read_until(&mut created.stdout, "tmp-ok\n");
+    let out: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        out,
+        ["0", "0 100000 65536", "0 100000 65536", "1", "tmp-ok"]
+    );
+    let exec = host
+        .exec(
+            "userns-1",
+            "userns",
+            &["sh", "-c", "id -u; head -1 /proc/self/uid_map"],
+            None,
+        )
+        .unwrap();
+    let (stdout, stderr) = exec.output();
+    let stdout = String::from_utf8_lossy(&stdout);
+    let words: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(
+        words,
+        ["0", "0", "100000", "65536"],
+        "stderr: {}",
+        String::from_utf8_lossy(&stderr)
+    );
 }

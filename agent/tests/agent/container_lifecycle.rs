@@ -8,8 +8,8 @@ use std::time::Duration;
 use husk_protocol::{ExitStatus, Request, Response};
 use serde_json::json;
 
-use crate::support::container::{eventually, read_until, spec, ContainerHost};
-use crate::support::read_all;
+use crate::support::container::{spec, ContainerHost};
+use crate::support::{eventually, read_all, read_until};
 
 #[test]
 fn create_stops_the_process_before_its_program_and_start_runs_it() {
@@ -29,7 +29,12 @@ fn create_stops_the_process_before_its_program_and_start_runs_it() {
         .set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     let mut buf = [0u8; 16];
-    let early = created.stdout.read(&mut buf);
+    let early = loop {
+        match created.stdout.read(&mut buf) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            other => break other,
+        }
+    };
     assert!(
         matches!(&early, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
         "output before start: {early:?}"
@@ -165,4 +170,27 @@ fn requests_for_unknown_containers_are_errors_naming_them() {
             "{response:?}"
         );
     }
+}
+
+#[test]
+fn sigterm_ends_a_created_container_that_is_its_pid_namespaces_init() {
+    let mut host = ContainerHost::new();
+    host.create("term", &spec(&["sleep", "100"])).unwrap();
+    let response = host.client.request(Request::Signal {
+        exec_id: "term".into(),
+        signal: libc::SIGTERM,
+        all: false,
+    });
+    assert_eq!(response, Response::Ok);
+    assert_eq!(
+        host.client.exit_status("term"),
+        ExitStatus::Code(128 + libc::SIGTERM)
+    );
+    let start = host.client.request(Request::StartContainer {
+        container_id: "term".into(),
+    });
+    assert!(
+        matches!(&start, Response::Error { message } if message.contains("not running")),
+        "{start:?}"
+    );
 }

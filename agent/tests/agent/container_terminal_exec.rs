@@ -5,7 +5,8 @@ use std::io::Write;
 use husk_protocol::{ExecRequest, ExitStatus, Request, Response, StdioSpec};
 use serde_json::json;
 
-use crate::support::container::{read_until, spec, ContainerHost};
+use crate::support::container::{spec, ContainerHost};
+use crate::support::read_until;
 
 #[test]
 fn a_terminal_container_gets_a_pty_from_its_own_devpts_and_resize_reaches_it() {

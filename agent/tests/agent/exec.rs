@@ -1,9 +1,12 @@
+use std::io::Write;
 use std::thread;
 
 use husk_protocol::{ExecRequest, ExitStatus, Request, Response, StdioSpec};
 use sha2::{Digest, Sha256};
 
-use crate::support::{exec_request, read_all, write_and_close, TestAgent, TEST_PATH};
+use crate::support::{
+    eventually, exec_request, read_all, read_until, write_and_close, TestAgent, TEST_PATH,
+};
 
 #[test]
 fn stdout_and_stderr_arrive_on_their_own_streams_and_wait_reports_the_code() {
@@ -188,4 +191,38 @@ fn the_process_inherits_no_descriptors_but_its_stdio() {
     let process = client.spawn(&agent, "fds", &["ls", "/proc/self/fd"], false);
     // 3 is the directory ls is reading.
     assert_eq!(String::from_utf8_lossy(&process.output().0), "0\n1\n2\n3\n");
+}
+
+#[test]
+fn a_terminal_exec_gets_a_controlling_pty_whose_size_resize_sets() {
+    let agent = TestAgent::start();
+    let mut client = agent.client();
+    let listener = agent.stdio_listener();
+    let stdio = StdioSpec {
+        port: listener.port,
+        terminal: true,
+        ..StdioSpec::default()
+    };
+    let started = client.request(exec_request("t", &["sh"], stdio));
+    assert!(matches!(started, Response::Started { .. }), "{started:?}");
+    let mut tty = listener.accept_terminal("t");
+    let resize = client.request(Request::Resize {
+        exec_id: "t".into(),
+        rows: 30,
+        cols: 90,
+    });
+    assert_eq!(resize, Response::Ok);
+    tty.write_all(b"stty size; tty; exit 4\n").unwrap();
+    let out = read_until(&mut tty, "/dev/pts/");
+    assert!(out.contains("30 90"), "{out:?}");
+    assert_eq!(client.exit_status("t"), ExitStatus::Code(4));
+    // Once the relay has seen the terminal close, it is gone for Resize too.
+    eventually("resizing the ended terminal fails", || {
+        let gone = client.request(Request::Resize {
+            exec_id: "t".into(),
+            rows: 1,
+            cols: 1,
+        });
+        matches!(gone, Response::Error { .. })
+    });
 }

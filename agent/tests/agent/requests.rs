@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use husk_protocol::{ExitStatus, Request, Response, StdioSpec};
 
-use crate::support::{exec_request, TestAgent};
+use crate::support::{eventually, exec_request, read_until, TestAgent};
 
 fn signal(exec_id: &str, signal: i32) -> Request {
     Request::Signal {
@@ -132,4 +132,28 @@ fn orphans_of_exec_processes_are_reaped() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn signal_all_to_an_exec_outside_containers_reaches_its_process_group() {
+    let agent = TestAgent::start();
+    let mut client = agent.client();
+    let mut process = client.spawn(
+        &agent,
+        "g",
+        &["sh", "-c", "sleep 100 & echo $!; wait"],
+        false,
+    );
+    let line = read_until(&mut process.stdout, "\n");
+    let sleeper: i32 = line.trim().parse().unwrap();
+    let response = client.request(Request::Signal {
+        exec_id: "g".into(),
+        signal: 9,
+        all: true,
+    });
+    assert_eq!(response, Response::Ok);
+    assert_eq!(client.exit_status("g"), ExitStatus::Signal(9));
+    eventually("the background sleep is gone", || {
+        !std::path::Path::new(&format!("/proc/{sleeper}")).exists()
+    });
 }

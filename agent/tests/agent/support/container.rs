@@ -1,11 +1,9 @@
 //! Containers for tests: a busybox root disk, an agent in a mount namespace of its own,
 //! a config.json like the ones engines write, and the requests around them.
 
-use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::thread;
-use std::time::{Duration, Instant};
 
 use husk_protocol::{
     ContainerRequest, ExecRequest, ExitStatus, Request, Response, RootDisk, StdioSpec, StreamKind,
@@ -337,40 +335,5 @@ impl ContainerHost {
             .cgroup_root()
             .expect("a cgroup v2 hierarchy")
             .join(id)
-    }
-}
-
-/// Reads `stream` until `needle` has appeared (or fails after 10 s), returning all read.
-pub fn read_until(stream: &mut UnixStream, needle: &str) -> String {
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in {:?}",
-            String::from_utf8_lossy(&seen)
-        );
-        match stream.read(&mut buf) {
-            Ok(0) => panic!(
-                "stream ended before {needle:?}: {:?}",
-                String::from_utf8_lossy(&seen)
-            ),
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-            Err(_) => {}
-        }
-    }
-    String::from_utf8_lossy(&seen).into_owned()
-}
-
-/// Waits up to 10 s for `check` to hold.
-pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(20));
     }
 }
