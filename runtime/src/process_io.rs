@@ -75,6 +75,16 @@ impl ProcessIo {
         Ok(Self { mode, tty, raw })
     }
 
+    /// With a console socket the pty is the process's stdio: lets go of the caller's
+    /// fds 0-2 (pointing them at /dev/null), as a caller that reads them to the end would
+    /// otherwise wait for as long as this process lives.
+    pub fn release_caller_stdio(&self) -> Result<()> {
+        if let IoMode::ConsoleSocket(_) = self.mode {
+            detach_stdio().context("redirecting stdio to /dev/null")?;
+        }
+        Ok(())
+    }
+
     /// Whether the guest process gets a terminal.
     pub fn terminal(&self) -> bool {
         self.mode != IoMode::Pipes
@@ -240,6 +250,23 @@ fn send_console(socket: &Path, master: &OwnedFd, slave: &OwnedFd) -> Result<()> 
         None,
     )
     .with_context(|| format!("sending the pty master over {}", socket.display()))?;
+    Ok(())
+}
+
+/// Points fds 0, 1 and 2 at /dev/null.
+fn detach_stdio() -> nix::Result<()> {
+    let null = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    for fd in 0..3 {
+        // SAFETY: dup2 onto a standard descriptor replaces it atomically; nothing in
+        // this process holds an owned handle to fds 0-2 that it would close later.
+        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+            return Err(nix::errno::Errno::last());
+        }
+    }
     Ok(())
 }
 

@@ -83,7 +83,7 @@ pub fn run(g: &Globals, args: Exec) -> Result<i32> {
         .context("the container's state has no agent address")?;
     let process = match &args.process {
         Some(path) => read_process_file(path)?,
-        None => process_from_flags(&rec.oci.bundle().join("config.json"), &args)?,
+        None => process_from_flags(&dir.config_copy(), &args)?,
     };
     let terminal = process
         .get("terminal")
@@ -287,6 +287,7 @@ fn exec(plan: &ExecPlan, started: &mut dyn FnMut(i32) -> Result<()>) -> Result<i
         (None, false) => IoMode::Pipes,
     };
     let mut io = ProcessIo::prepare(mode)?;
+    io.release_caller_stdio()?;
     let first = FIRST_EXEC_PORT + std::process::id() % 20_000;
     let (listener, port) = StdioListener::bind_free(&endpoint.stdio_prefix(), first)?;
     let nanos = SystemTime::now()

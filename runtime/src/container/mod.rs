@@ -56,6 +56,11 @@ impl ContainerDir {
         self.path.join("lock")
     }
 
+    /// The bundle's config.json as it was at create (exec builds on its process).
+    pub fn config_copy(&self) -> PathBuf {
+        self.path.join("config.json")
+    }
+
     /// The root filesystem image.
     pub fn rootfs_image(&self) -> PathBuf {
         self.path.join("rootfs.img")

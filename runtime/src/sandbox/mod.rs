@@ -173,6 +173,7 @@ impl Sandbox {
             (None, false) => IoMode::Pipes,
         };
         let mut io = ProcessIo::prepare(mode)?;
+        io.release_caller_stdio()?;
 
         let image = dir.rootfs_image();
         let readonly = bundle.readonly_root();

@@ -3,5 +3,8 @@
 
 mod commands;
 mod errors;
+mod exec;
 mod lifecycle;
+mod stdio;
 mod support;
+mod terminal;

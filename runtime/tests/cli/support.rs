@@ -483,3 +483,103 @@ impl Env {
         c
     }
 }
+
+/// A console socket, as the runc shim and conmon make one: it receives a pty master.
+pub struct ConsoleSocket {
+    pub path: PathBuf,
+    master: std::sync::mpsc::Receiver<std::os::fd::OwnedFd>,
+    _dir: TempDir,
+}
+
+impl ConsoleSocket {
+    pub fn new() -> Self {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+        use std::os::unix::net::UnixListener;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 256];
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let mut space = nix::cmsg_space!([RawFd; 1]);
+            let msg = nix::sys::socket::recvmsg::<nix::sys::socket::UnixAddr>(
+                conn.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                nix::sys::socket::MsgFlags::empty(),
+            )
+            .unwrap();
+            for c in msg.cmsgs().unwrap() {
+                if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+                    // SAFETY: the kernel just installed this descriptor for us.
+                    let _ = tx.send(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+                }
+            }
+        });
+        Self {
+            path,
+            master: rx,
+            _dir: dir,
+        }
+    }
+
+    pub fn path_str(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// The pty master sent over the socket.
+    pub fn master(&self) -> Terminal {
+        Terminal(
+            self.master
+                .recv_timeout(Duration::from_secs(60))
+                .expect("a pty master on the console socket"),
+        )
+    }
+}
+
+/// The master side of a container's terminal.
+pub struct Terminal(std::os::fd::OwnedFd);
+
+impl Terminal {
+    pub fn write(&self, data: &str) {
+        nix::unistd::write(&self.0, data.as_bytes()).unwrap();
+    }
+
+    /// Sets the window size, as a shim does on a resize.
+    pub fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one valid winsize from the struct we pass.
+        let r = unsafe { libc::ioctl(self.0.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(r, 0);
+    }
+
+    /// Reads until the output so far contains `needle`; returns it all.
+    pub fn read_until(&self, needle: &str, seen: &mut String) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !seen.contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "never saw {needle:?} in {seen:?}"
+            );
+            let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::from(100u16)).unwrap_or(0) == 0 {
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            match nix::unistd::read(&self.0, &mut buf) {
+                Ok(0) | Err(_) => panic!("terminal closed before {needle:?}: {seen:?}"),
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Terminals: `--console-socket` receives a pty master (as the runc shim and conmon
+//! expect), an interactive shell works through it, and window size follows.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{
+    become_subreaper, read_pid_file, unique_id, wait_exit_status, Bundle, ConsoleSocket, Env,
+};
+
+const EXIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn an_interactive_shell_runs_on_the_console_socket_pty_and_follows_resizes() {
+    become_subreaper();
+    let env = Env::new();
+    let mut bundle = Bundle::new(&["sh"]);
+    bundle.config["process"]["terminal"] = json!(true);
+    bundle.config["process"]["env"] = json!(["PATH=/bin", "TERM=xterm", "PS1=$ "]);
+    bundle.save();
+    let console = ConsoleSocket::new();
+    let id = unique_id("tty");
+    let c = env.create(
+        &id,
+        &bundle,
+        None,
+        &["--console-socket", &console.path_str()],
+    );
+    let term = console.master();
+    env.ok(["start", &id]);
+    let mut seen = String::new();
+    term.write("echo $((6 * 7))\n");
+    term.read_until("42", &mut seen);
+    term.write("test -t 0 && echo on-a-tty\n");
+    term.read_until("on-a-tty\r\n", &mut seen);
+    term.resize(33, 101);
+    // The size reaches the guest's terminal asynchronously: ask until it shows.
+    let mut tries = 0;
+    while !seen.contains("33 101") {
+        tries += 1;
+        assert!(tries < 50, "window size never reached the guest: {seen:?}");
+        term.write("stty size\n");
+        std::thread::sleep(Duration::from_millis(100));
+        let mut more = String::new();
+        term.read_until("$ ", &mut more);
+        seen.push_str(&more);
+    }
+    term.write("exit 7\n");
+    assert_eq!(wait_exit_status(c.pid, EXIT), 7);
+    env.ok(["delete", &id]);
+    env.assert_nothing_left(&id);
+}
+
+#[test]
+fn exec_with_a_terminal_on_a_console_socket() {
+    become_subreaper();
+    let env = Env::new();
+    let bundle = Bundle::new(&["sleep", "1000"]);
+    let id = unique_id("exectty");
+    let _c = env.create_started(&id, &bundle);
+    let console = ConsoleSocket::new();
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let pid_arg = pid_file.display().to_string();
+    env.ok([
+        "exec",
+        "--tty",
+        "--detach",
+        "--console-socket",
+        &console.path_str(),
+        "--pid-file",
+        &pid_arg,
+        &id,
+        "sh",
+        "-c",
+        "test -t 1 && echo exec-on-tty; read line; exit $line",
+    ]);
+    let term = console.master();
+    let mut seen = String::new();
+    term.read_until("exec-on-tty", &mut seen);
+    term.write("12\n");
+    assert_eq!(wait_exit_status(read_pid_file(&pid_file), EXIT), 12);
+    env.ok(["delete", "--force", &id]);
+    env.assert_nothing_left(&id);
+}
