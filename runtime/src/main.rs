@@ -88,6 +88,13 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // Long-lived helpers must not keep open whatever descriptors their caller happened
+    // to leave inheritable (as runc's init closes them): only stdio and their pipes.
+    match &cli.command {
+        Command::Sandbox(a) => procfs::close_inherited_fds(&[a.ready_fd]),
+        Command::ExecChild(a) => procfs::close_inherited_fds(&[a.plan_fd, a.ready_fd]),
+        _ => {}
+    }
     match cli.command {
         Command::Sandbox(args) => {
             logging::init(&globals.log, false);

@@ -91,6 +91,25 @@ fn ppid(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Closes every descriptor above 2 but those in `keep`. Call it before any thread
+/// starts and before anything opens a descriptor it means to keep.
+pub fn close_inherited_fds(keep: &[i32]) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    // Collect first: the directory listing itself holds a descriptor.
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds.into_iter().filter(|fd| *fd > 2 && !keep.contains(fd)) {
+        // SAFETY: nothing in this process owns these descriptors yet (no thread has
+        // started and nothing was opened before); closing one that was the directory
+        // listing's, already closed, only returns EBADF.
+        unsafe { libc::close(fd) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

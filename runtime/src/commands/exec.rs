@@ -30,6 +30,7 @@ use crate::agent_link::{start_process, AgentAddress, AgentEndpoint, AgentMux};
 use crate::container::{ContainerDir, Status};
 use crate::globals::Globals;
 use crate::process_io::{window_size, IoMode, ProcessIo};
+use crate::sandbox::control::ControlRequest;
 use crate::stdio::StdioListener;
 
 /// First host port tried for an exec's stdio (the container's own uses 2000).
@@ -39,6 +40,7 @@ const FIRST_EXEC_PORT: u32 = 3000;
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ExecPlan {
     container_id: String,
+    state_dir: PathBuf,
     agent: AgentAddress,
     process: serde_json::Value,
     console_socket: Option<PathBuf>,
@@ -98,6 +100,7 @@ pub fn run(g: &Globals, args: Exec) -> Result<i32> {
     }
     let plan = ExecPlan {
         container_id: args.container_id.clone(),
+        state_dir: dir.path().to_owned(),
         agent,
         process,
         console_socket: args
@@ -326,6 +329,20 @@ fn exec(plan: &ExecPlan, started: &mut dyn FnMut(i32) -> Result<()>) -> Result<i
             });
         }
         io.take_controlling_terminal();
+    }
+    // SIGKILL of this process cannot be passed on: the sandbox kills the exec'd process
+    // when it sees this process gone.
+    let watch = crate::sandbox::control::request(
+        &plan.state_dir,
+        ControlRequest::WatchExec {
+            exec_id: exec_id.clone(),
+            pid: std::process::id() as i32,
+        },
+        Duration::from_secs(10),
+    )
+    .and_then(|r| r.into_result());
+    if let Err(e) = watch {
+        tracing::warn!("the exec'd process will outlive this one if it is killed: {e:#}");
     }
     started(guest_pid)?;
     let (for_signals, id) = (agent.clone(), exec_id.clone());

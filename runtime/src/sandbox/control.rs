@@ -35,6 +35,15 @@ pub enum ControlRequest {
     Resume,
     /// The container's processes (guest pids).
     Ps,
+    /// Exec `exec_id` belongs to the host process `pid` (its exec client): if that
+    /// process ends while the exec'd process still runs (SIGKILL cannot be passed on), kill
+    /// the exec'd process too.
+    WatchExec {
+        /// The exec.
+        exec_id: String,
+        /// The exec client's pid.
+        pid: i32,
+    },
 }
 
 /// The sandbox's answer.

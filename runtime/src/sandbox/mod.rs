@@ -355,6 +355,39 @@ impl Shared {
         }
     }
 
+    /// Kills exec `exec_id` in the guest once host process `pid` has ended.
+    fn watch_exec(&self, exec_id: String, pid: i32) -> Result<()> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1;
+        // no memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("watching exec process {pid}"));
+        }
+        // SAFETY: pidfd_open just returned this descriptor; nothing else owns it.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let agent = self.agent.clone();
+        std::thread::Builder::new()
+            .name("exec-watch".into())
+            .spawn(move || {
+                use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                loop {
+                    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+                    match poll(&mut fds, PollTimeout::NONE) {
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        _ => break,
+                    }
+                }
+                // Harmless when the exec'd process has already ended with its client.
+                let _ = agent.post(Request::Signal {
+                    exec_id,
+                    signal: Signal::SIGKILL as i32,
+                    all: false,
+                });
+            })?;
+        Ok(())
+    }
+
     fn handle(&self, req: ControlRequest) -> ControlResponse {
         self.serve(req).unwrap_or_else(|e| ControlResponse::Error {
             message: crate::logging::one_line(&format!("{e:#}")),
@@ -426,6 +459,11 @@ impl Shared {
                 }
                 self.backend.resume()?;
                 *status = Status::Running;
+                Ok(ControlResponse::Ok)
+            }
+            ControlRequest::WatchExec { exec_id, pid } => {
+                drop(status);
+                self.watch_exec(exec_id, pid)?;
                 Ok(ControlResponse::Ok)
             }
             ControlRequest::Ps => {

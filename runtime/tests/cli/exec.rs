@@ -157,3 +157,36 @@ fn exec_errors_are_clear() {
     env.ok(["delete", &id]);
     env.assert_nothing_left(&id);
 }
+
+#[test]
+fn killing_the_exec_client_with_sigkill_ends_the_execd_process() {
+    become_subreaper();
+    let env = Env::new();
+    let (id, _c) = running(&env, "execkill");
+    let pids = |env: &Env| -> Vec<i32> {
+        serde_json::from_slice(&env.ok(["ps", "--format", "json", &id]).stdout).unwrap()
+    };
+    let before = pids(&env).len();
+    let mut child = env
+        .husk()
+        .args(["exec", &id, "sh", "-c", "echo ready; sleep 1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 6];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut buf).unwrap();
+    assert!(pids(&env).len() > before, "the exec'd process shows in ps");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pids(&env).len() > before {
+        assert!(
+            Instant::now() < deadline,
+            "the exec'd process outlived its client"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    env.ok(["delete", "--force", &id]);
+    env.assert_nothing_left(&id);
+}

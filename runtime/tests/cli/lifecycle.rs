@@ -1,6 +1,7 @@
 //! The OCI lifecycle end to end: create, start, kill, delete, pause, resume, state,
 //! list, ps, run, exit statuses through the pid-file process, parallel containers.
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -308,5 +309,46 @@ fn concurrent_commands_on_one_container_take_turns() {
     assert_eq!(results.iter().filter(|ok| **ok).count(), 1, "{results:?}");
     env.ok(["delete", "--force", &id]);
     assert_eq!(wait_exit_status(c.pid, EXIT), 137);
+    env.assert_nothing_left(&id);
+}
+
+#[test]
+fn the_sandbox_keeps_no_descriptor_of_its_caller_but_stdio() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    become_subreaper();
+    let env = Env::new();
+    let bundle = Bundle::new(&["sleep", "1000"]);
+    let id = unique_id("fds");
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let write_fd = write.as_raw_fd();
+    let mut c = env.husk();
+    c.args(["create", "--bundle", &bundle.path_str(), &id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; it hands the child an inheritable copy at fd 10.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::dup2(write_fd, 10) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    assert!(c.status().unwrap().success());
+    drop(write);
+    // The sandbox runs on; had it kept fd 10, this read would block.
+    let mut buf = [0u8; 1];
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&read),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5000u16)).unwrap();
+    assert_eq!(ready, 1, "the pipe's write end is still held open");
+    assert_eq!(nix::unistd::read(&read, &mut buf).unwrap(), 0);
+    assert_eq!(env.status(&id), "created");
+    let pid = env.state(&id)["pid"].as_i64().unwrap() as i32;
+    env.ok(["delete", &id]);
+    assert_eq!(wait_exit_status(pid, EXIT), 137);
     env.assert_nothing_left(&id);
 }
