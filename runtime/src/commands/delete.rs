@@ -18,6 +18,7 @@ use crate::procfs;
 /// `husk delete [--force] ID`.
 pub fn run(g: &Globals, args: Delete) -> Result<i32> {
     let dir = ContainerDir::new(&g.root, &args.container_id)?;
+    let _span = tracing::info_span!("delete", id = dir.id()).entered();
     if !dir.path().exists() {
         if args.force {
             // runc: deleting a container that does not exist with --force succeeds.

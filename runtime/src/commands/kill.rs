@@ -14,6 +14,7 @@ use crate::sandbox::control::ControlRequest;
 pub fn run(g: &Globals, args: Kill) -> Result<i32> {
     let signal = crate::signal::parse(&args.signal)?;
     let dir = ContainerDir::new(&g.root, &args.container_id)?;
+    let _span = tracing::info_span!("kill", id = dir.id()).entered();
     let _lock = dir.lock()?;
     let rec = dir.load()?;
     kill(&dir, &rec, signal, args.all)?;

@@ -13,6 +13,7 @@ use crate::sandbox::control::ControlRequest;
 /// `husk pause ID`.
 pub fn run(g: &Globals, args: Pause) -> Result<i32> {
     let dir = ContainerDir::new(&g.root, &args.container_id)?;
+    let _span = tracing::info_span!("pause", id = dir.id()).entered();
     let _lock = dir.lock()?;
     let mut rec = dir.load()?;
     let status = dir.status(&rec);

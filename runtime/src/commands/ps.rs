@@ -16,6 +16,7 @@ use crate::sandbox::control::{ControlRequest, ControlResponse};
 /// `husk ps [--format json] ID`.
 pub fn run(g: &Globals, args: Ps) -> Result<i32> {
     let dir = ContainerDir::new(&g.root, &args.container_id)?;
+    let _span = tracing::info_span!("ps", id = dir.id()).entered();
     let rec = dir.load()?;
     if !args.ps_options.is_empty() && args.format != "json" {
         bail!("ps options are not supported: husk lists guest pids only");

@@ -12,6 +12,7 @@ use crate::sandbox::control::ControlRequest;
 /// `husk resume ID`.
 pub fn run(g: &Globals, args: Resume) -> Result<i32> {
     let dir = ContainerDir::new(&g.root, &args.container_id)?;
+    let _span = tracing::info_span!("resume", id = dir.id()).entered();
     let _lock = dir.lock()?;
     let mut rec = dir.load()?;
     let status = dir.status(&rec);

@@ -12,6 +12,7 @@ use crate::sandbox::control::ControlRequest;
 /// `husk start ID`.
 pub fn run(g: &Globals, args: Start) -> Result<i32> {
     let dir = ContainerDir::new(&g.root, &args.container_id)?;
+    let _span = tracing::info_span!("start", id = dir.id()).entered();
     let _lock = dir.lock()?;
     let mut rec = dir.load()?;
     start(&dir, &mut rec)?;

@@ -9,6 +9,7 @@ use crate::globals::Globals;
 /// `husk state ID`.
 pub fn run(g: &Globals, args: State) -> Result<i32> {
     let dir = ContainerDir::new(&g.root, &args.container_id)?;
+    let _span = tracing::info_span!("state", id = dir.id()).entered();
     let rec = dir.load()?;
     let status = dir.status(&rec);
     println!("{}", serde_json::to_string_pretty(&rec.runc_view(status))?);

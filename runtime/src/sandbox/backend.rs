@@ -41,6 +41,12 @@ pub trait Backend: Send + Sync {
     fn resume(&self) -> Result<()>;
     /// Ends the guest now.
     fn stop(&self);
+    /// Ends the guest if it still runs and waits until it is gone and has released
+    /// everything it held outside the state directory.
+    fn teardown(&self) {
+        self.stop();
+        let _ = self.ended(std::time::Duration::from_secs(10));
+    }
     /// The name recorded in state.
     fn name(&self) -> &'static str;
 }

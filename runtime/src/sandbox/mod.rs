@@ -120,7 +120,7 @@ pub fn main(globals: &Globals, args: SandboxArgs) -> i32 {
     if let Err(e) = write_readiness(&mut ready, &readiness) {
         // `create` is gone: nobody would ever start, kill or reap this container.
         tracing::error!("create went away before the container was ready: {e}");
-        sandbox.shared.backend.stop();
+        sandbox.shared.backend.teardown();
         return 1;
     }
     drop(ready);
@@ -320,7 +320,7 @@ impl Sandbox {
                 255
             }
         };
-        self.shared.backend.stop();
+        self.shared.backend.teardown();
         self.shared.agent.close();
         self.io.restore();
         code

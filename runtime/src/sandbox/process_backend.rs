@@ -208,6 +208,14 @@ impl Backend for ProcessBackend {
         }
     }
 
+    fn teardown(&self) {
+        self.stop();
+        // The namespace's mounts go with its last process; the cgroup directory can go
+        // once the namespace is empty.
+        let _ = self.ended(Duration::from_secs(10));
+        remove_leftovers(&self.dir);
+    }
+
     fn name(&self) -> &'static str {
         "process"
     }
@@ -215,11 +223,7 @@ impl Backend for ProcessBackend {
 
 impl Drop for ProcessBackend {
     fn drop(&mut self) {
-        self.stop();
-        // Wait for the namespace to go, so that its mounts are released before the
-        // image's directory is removed.
-        let _ = self.ended(Duration::from_secs(10));
-        remove_leftovers(&self.dir);
+        self.teardown();
     }
 }
 

@@ -543,6 +543,10 @@ impl ConsoleSocket {
 pub struct Terminal(std::os::fd::OwnedFd);
 
 impl Terminal {
+    pub fn from_master(master: std::os::fd::OwnedFd) -> Self {
+        Self(master)
+    }
+
     pub fn write(&self, data: &str) {
         nix::unistd::write(&self.0, data.as_bytes()).unwrap();
     }

@@ -84,3 +84,72 @@ fn exec_with_a_terminal_on_a_console_socket() {
     env.ok(["delete", "--force", &id]);
     env.assert_nothing_left(&id);
 }
+
+#[test]
+fn run_in_the_foreground_uses_the_callers_terminal() {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let mut bundle = Bundle::new(&["sh"]);
+    bundle.config["process"]["terminal"] = json!(true);
+    bundle.config["process"]["env"] = json!(["PATH=/bin", "TERM=xterm", "PS1=$ "]);
+    bundle.save();
+    let id = unique_id("runtty");
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave: OwnedFd = pty.slave;
+    let slave_fd = slave.as_raw_fd();
+    let mut c = env.husk();
+    c.args(["run", "--bundle", &bundle.path_str(), &id])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap());
+    // SAFETY: setsid and ioctl are async-signal-safe; the child gets the pty as its
+    // controlling terminal, as a shell's foreground job would have it.
+    unsafe {
+        c.pre_exec(move || {
+            nix::unistd::setsid()?;
+            if libc::ioctl(slave_fd, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().unwrap();
+    let check = slave.try_clone().unwrap();
+    drop(slave);
+    let term = crate::support::Terminal::from_master(pty.master);
+    let mut seen = String::new();
+    term.write("echo $((6 * 7))\n");
+    term.read_until("42", &mut seen);
+    term.resize(33, 101);
+    let mut tries = 0;
+    while !seen.contains("33 101") {
+        tries += 1;
+        assert!(tries < 50, "window size never reached the guest: {seen:?}");
+        term.write("stty size\n");
+        std::thread::sleep(Duration::from_millis(100));
+        let mut more = String::new();
+        term.read_until("$ ", &mut more);
+        seen.push_str(&more);
+    }
+    term.write("exit 3\n");
+    let deadline = std::time::Instant::now() + EXIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "husk run did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(3));
+    let t = nix::sys::termios::tcgetattr(&check).unwrap();
+    assert!(
+        t.local_flags
+            .contains(nix::sys::termios::LocalFlags::ICANON | nix::sys::termios::LocalFlags::ECHO),
+        "the caller's terminal is back out of raw mode"
+    );
+    env.assert_nothing_left(&id);
+}
