@@ -153,11 +153,22 @@ impl Bundle {
         self.spec.annotations().clone()
     }
 
-    /// config.json as the guest gets it: as read, with a `/dev/shm` directory bind turned
-    /// into a tmpfs of the guest's own.
+    /// config.json as the guest gets it: as read, without the file bind mounts (their
+    /// files are in the root image already, at their destinations) and with a `/dev/shm`
+    /// directory bind turned into a tmpfs of the guest's own.
     pub fn guest_spec(&self) -> serde_json::Value {
         let mut raw = self.raw.clone();
         if let Some(mounts) = raw.get_mut("mounts").and_then(|m| m.as_array_mut()) {
+            mounts.retain(|m| {
+                let Ok(mount) = serde_json::from_value::<Mount>(m.clone()) else {
+                    return true;
+                };
+                !(is_bind(&mount)
+                    && self
+                        .file_binds
+                        .iter()
+                        .any(|f| f.destination == *mount.destination()))
+            });
             for m in mounts.iter_mut() {
                 if is_shm_dir_bind(m) {
                     *m = serde_json::json!({
@@ -224,6 +235,20 @@ fn check_mounts(mounts: &[Mount]) -> Result<Vec<FileBind>> {
         }
         if !dest.is_absolute() {
             bail!("bind mount destination {} is not absolute", dest.display());
+        }
+        // The copy lives in the root image: another mount over a parent directory
+        // (a tmpfs on /dev or /run, say) would hide it.
+        if let Some(parent) = mounts
+            .iter()
+            .map(|o| o.destination())
+            .find(|d| *d != dest && dest.starts_with(d) && *d != Path::new("/"))
+        {
+            bail!(
+                "bind mount of file {} at {} is not supported: it lies inside the mount at {},                  and husk copies bind-mounted files into the root image",
+                source.display(),
+                dest.display(),
+                parent.display()
+            );
         }
         files.push(FileBind {
             source: source.clone(),
@@ -339,19 +364,41 @@ mod tests {
             {"destination": "/etc/hosts", "type": "bind", "source": hosts, "options": ["rbind", "ro"]},
             {"destination": "/proc", "type": "proc", "source": "proc"}]);
         let (_d, b) = bundle_with(c.clone());
+        let b = b.unwrap();
         assert_eq!(
-            b.unwrap().file_binds,
+            b.file_binds,
             vec![FileBind {
                 source: hosts.clone(),
                 destination: "/etc/hosts".into()
             }]
         );
+        let guest = b.guest_spec();
+        let guest_mounts = guest["mounts"].as_array().unwrap();
+        assert_eq!(guest_mounts.len(), 1, "the file bind is left to the image");
+        assert_eq!(guest_mounts[0]["destination"], "/proc");
         c["mounts"] = json!([{"destination": "/data", "type": "none",
                               "source": host.path(), "options": ["rbind"]}]);
         let (_d, b) = bundle_with(c);
         let e = b.unwrap_err().to_string();
         assert!(
             e.contains(&host.path().display().to_string()) && e.contains("/data"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn file_binds_hidden_by_another_mount_are_refused() {
+        let host = tempfile::tempdir().unwrap();
+        let log = host.path().join("termination-log");
+        std::fs::write(&log, "").unwrap();
+        let mut c = minimal();
+        c["mounts"] = json!([
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/dev/termination-log", "type": "bind", "source": log, "options": ["rbind"]}]);
+        let (_d, b) = bundle_with(c);
+        let e = b.unwrap_err().to_string();
+        assert!(
+            e.contains("/dev/termination-log") && e.contains("inside the mount at /dev"),
             "{e}"
         );
     }

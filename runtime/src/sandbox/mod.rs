@@ -108,7 +108,8 @@ pub fn main(globals: &Globals, args: SandboxArgs) -> i32 {
         Ok(s) => s,
         Err(e) => {
             let message = crate::logging::one_line(&format!("{e:#}"));
-            tracing::error!("{message}");
+            // `create` reports it (on stderr and in the log); once is enough.
+            tracing::debug!("create failed: {message}");
             let _ = write_readiness(&mut ready, &Readiness::Failed { message });
             return 1;
         }

@@ -352,3 +352,42 @@ fn the_sandbox_keeps_no_descriptor_of_its_caller_but_stdio() {
     assert_eq!(wait_exit_status(pid, EXIT), 137);
     env.assert_nothing_left(&id);
 }
+
+#[test]
+fn bind_mounted_files_are_in_the_container_and_a_shm_directory_bind_is_a_tmpfs() {
+    become_subreaper();
+    let env = Env::new();
+    let host = tempfile::tempdir().unwrap();
+    let hosts = host.path().join("hosts");
+    std::fs::write(&hosts, "10.9.8.7 engine-made\n").unwrap();
+    let marker = host.path().join("containerenv");
+    std::fs::write(&marker, "engine=\"test\"\n").unwrap();
+    let shm = host.path().join("shm");
+    std::fs::create_dir(&shm).unwrap();
+    let mut bundle = Bundle::new(&[
+        "sh",
+        "-c",
+        "cat /etc/hosts /run/.containerenv; echo x > /dev/shm/f && cat /dev/shm/f",
+    ]);
+    let mounts = bundle.config["mounts"].as_array_mut().unwrap();
+    for (dest, src) in [("/etc/hosts", &hosts), ("/run/.containerenv", &marker)] {
+        mounts.push(serde_json::json!({"destination": dest, "type": "bind",
+                                       "source": src, "options": ["rbind", "ro"]}));
+    }
+    mounts.push(
+        serde_json::json!({"destination": "/dev/shm", "type": "bind",
+                                   "source": shm, "options": ["rbind"]}),
+    );
+    bundle.save();
+    let id = unique_id("binds");
+    let c = env.create_started(&id, &bundle);
+    assert_eq!(wait_exit_status(c.pid, EXIT), 0, "{}", c.stderr());
+    assert_eq!(c.stdout(), "10.9.8.7 engine-made\nengine=\"test\"\nx\n");
+    assert_eq!(
+        std::fs::read_dir(&shm).unwrap().count(),
+        0,
+        "/dev/shm is the guest's own, not the host directory"
+    );
+    env.ok(["delete", &id]);
+    env.assert_nothing_left(&id);
+}
