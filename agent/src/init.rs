@@ -1,11 +1,108 @@
-//! What the agent does as PID 1 before it can serve: the guest's pseudo filesystems.
+//! What the agent does as PID 1 before it can serve: leave the initramfs root, mount the
+//! guest's pseudo filesystems.
 
-use std::fs::OpenOptions;
+use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use nix::errno::Errno;
 use nix::mount::{self, MsFlags};
+use nix::sys::stat::{self, Mode, SFlag};
+
+/// Where PID 1 builds the root it moves to.
+const NEW_ROOT: &str = "/.husk-root";
+/// `statfs` type of ramfs (linux/magic.h), the initramfs root without CONFIG_TMPFS.
+const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
+
+/// Moves PID 1 off the kernel's initramfs root ("rootfs"), which pivot_root cannot move
+/// (it has no parent mount) and containers are set up with pivot_root. Like switch_root,
+/// the new root is a tmpfs over the old one holding a copy of everything but the running
+/// agent binary (its setup processes exec it through /proc/self/exe). Failure is logged:
+/// containers then fall back to moving their root and chrooting.
+pub fn leave_initramfs() {
+    use nix::sys::statfs::{FsType, TMPFS_MAGIC};
+    // The kernel makes the initramfs root a tmpfs, or a ramfs without CONFIG_TMPFS.
+    let on_initramfs = nix::sys::statfs::statfs("/").is_ok_and(|s| {
+        let t = s.filesystem_type();
+        t == TMPFS_MAGIC || t == FsType(RAMFS_MAGIC)
+    });
+    if !on_initramfs {
+        return;
+    }
+    if let Err(e) = move_to_tmpfs_root() {
+        diag!("staying on the initramfs root: {e:#}");
+    }
+}
+
+fn move_to_tmpfs_root() -> anyhow::Result<()> {
+    let new = Path::new(NEW_ROOT);
+    fs::create_dir(new).with_context(|| format!("create {NEW_ROOT}"))?;
+    mount::mount(
+        Some("tmpfs"),
+        new,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .with_context(|| format!("mount a tmpfs on {NEW_ROOT}"))?;
+    let agent = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| "/init".into());
+    copy_tree(Path::new("/"), new, &[new, &agent]).context("copy the initramfs")?;
+    nix::unistd::chdir(new)?;
+    mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .context("move the tmpfs over /")?;
+    nix::unistd::chroot(".").context("chroot into the tmpfs")?;
+    nix::unistd::chdir("/")?;
+    Ok(())
+}
+
+/// Copies the tree at `from` into the existing directory `to`: directories, files,
+/// symlinks and device nodes with their modes and owners. `skip` paths are left out;
+/// directories of other filesystems are made but not entered.
+fn copy_tree(from: &Path, to: &Path, skip: &[&Path]) -> anyhow::Result<()> {
+    let device = fs::symlink_metadata(from)?.dev();
+    for entry in fs::read_dir(from).with_context(|| format!("read {}", from.display()))? {
+        let entry = entry?;
+        let source = entry.path();
+        if skip.contains(&source.as_path()) {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        let meta = fs::symlink_metadata(&source)?;
+        let kind = meta.file_type();
+        let mode = meta.mode() & 0o7777;
+        if kind.is_dir() {
+            fs::create_dir(&target).with_context(|| format!("create {}", target.display()))?;
+            if meta.dev() == device {
+                copy_tree(&source, &target, skip)?;
+            }
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&source)?, &target)?;
+        } else if kind.is_file() {
+            fs::copy(&source, &target).with_context(|| format!("copy {}", source.display()))?;
+        } else {
+            let sflag = match meta.mode() & libc::S_IFMT {
+                libc::S_IFCHR => SFlag::S_IFCHR,
+                libc::S_IFBLK => SFlag::S_IFBLK,
+                libc::S_IFIFO => SFlag::S_IFIFO,
+                // Sockets belong to whoever listens on them.
+                _ => continue,
+            };
+            stat::mknod(&target, sflag, Mode::from_bits_truncate(mode), meta.rdev())
+                .with_context(|| format!("create {}", target.display()))?;
+        }
+        if !kind.is_symlink() {
+            fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        }
+        std::os::unix::fs::lchown(&target, Some(meta.uid()), Some(meta.gid()))?;
+    }
+    Ok(())
+}
 
 /// Kernel command line word asking for a ready line on the first serial port.
 const READY_PARAM: &str = "husk.ready=ttyS0";
@@ -149,6 +246,7 @@ pub fn announce_ready() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn ready_line_needs_the_exact_parameter() {
@@ -159,6 +257,38 @@ mod tests {
             "husk.ready=ttyS1 husk.ready=ttyS00"
         ));
         assert!(!cmdline_requests_ready(""));
+    }
+
+    #[test]
+    fn copy_tree_keeps_kinds_modes_and_leaves_out_what_it_skips() {
+        let from = tempfile::tempdir().unwrap();
+        let to = tempfile::tempdir().unwrap();
+        let f = from.path();
+        fs::create_dir_all(f.join("tmp/deep")).unwrap();
+        fs::set_permissions(f.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+        fs::write(f.join("tmp/deep/file"), "data").unwrap();
+        fs::write(f.join("init"), "agent").unwrap();
+        std::os::unix::fs::symlink("tmp/deep", f.join("link")).unwrap();
+        let null = stat::makedev(1, 3);
+        let have_mknod = stat::mknod(
+            &f.join("null"),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            null,
+        )
+        .is_ok();
+        copy_tree(f, to.path(), &[&f.join("init")]).unwrap();
+        let t = to.path();
+        assert_eq!(fs::read_to_string(t.join("tmp/deep/file")).unwrap(), "data");
+        assert_eq!(fs::metadata(t.join("tmp")).unwrap().mode() & 0o7777, 0o1777);
+        assert_eq!(
+            fs::read_link(t.join("link")).unwrap(),
+            Path::new("tmp/deep")
+        );
+        assert!(!t.join("init").exists());
+        if have_mknod {
+            assert_eq!(fs::symlink_metadata(t.join("null")).unwrap().rdev(), null);
+        }
     }
 
     #[test]

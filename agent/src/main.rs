@@ -55,6 +55,10 @@ struct TestModeArgs {
     /// A cgroup v2 directory to make containers' cgroups in.
     #[arg(long, default_value = DEFAULT_CGROUP_ROOT)]
     cgroup_root: PathBuf,
+    /// Give containers their root without pivot_root, as in a guest still on its
+    /// initramfs.
+    #[arg(long)]
+    no_pivot: bool,
 }
 
 fn main() {
@@ -78,7 +82,8 @@ fn main() {
         },
         roots: Roots::new(args.roots_dir),
         table: ProcessTable::default(),
-        containers: Containers::new(args.containers_dir, args.cgroup_root),
+        containers: Containers::new(args.containers_dir, args.cgroup_root)
+            .without_pivot_root(args.no_pivot),
         terminals: Terminals::default(),
         role: Role::TestMode,
     };
@@ -88,6 +93,7 @@ fn main() {
 }
 
 fn run_as_init() -> ! {
+    init::leave_initramfs();
     init::mount_pseudo_filesystems();
     init::ensure_std_fds();
     diag::use_kmsg();

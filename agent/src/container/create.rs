@@ -88,6 +88,7 @@ pub fn create(agent: &Agent, req: &ContainerRequest) -> anyhow::Result<libc::pid
                 cgroup: cgroup_path,
                 new_cgroup_namespace: namespaces.contains(CloneFlags::CLONE_NEWCGROUP),
                 new_network_namespace: namespaces.contains(CloneFlags::CLONE_NEWNET),
+                no_pivot: agent.containers.no_pivot,
             },
         })?;
         wait_until_created(agent, id, req.stdio.port, &mut channel)?;

@@ -138,6 +138,9 @@ pub fn exec(agent: &Agent, req: &ExecRequest, container_id: &str) -> anyhow::Res
     }
 }
 
+/// Fields of an exec's own process that default to the container's process.
+const INHERITED: [&str; 5] = ["user", "cwd", "capabilities", "noNewPrivileges", "rlimits"];
+
 /// The exec's OCI process: the request's own, or the container's with the request's
 /// argv, env, cwd and terminal.
 fn exec_process(spec: &serde_json::Value, req: &ExecRequest) -> anyhow::Result<serde_json::Value> {
@@ -146,12 +149,13 @@ fn exec_process(spec: &serde_json::Value, req: &ExecRequest) -> anyhow::Result<s
         .cloned()
         .unwrap_or_else(|| serde_json::json!({}));
     if let Some(process) = &req.process {
-        // `user` and `cwd` are required by the schema; take the container's if missing.
+        // What the exec leaves out comes from the container, as in runc: above all the
+        // privileges, which would otherwise be the agent's (every capability).
         let mut process = process.clone();
         let fields = process
             .as_object_mut()
             .context("the exec's process is not an object")?;
-        for key in ["user", "cwd"] {
+        for key in INHERITED {
             if !fields.contains_key(key) {
                 if let Some(value) = template.get(key) {
                     fields.insert(key.into(), value.clone());

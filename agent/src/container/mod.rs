@@ -57,6 +57,8 @@ enum Entry {
 /// The containers of this guest.
 #[derive(Debug)]
 pub struct Containers {
+    /// Containers move their root and chroot instead of using pivot_root.
+    no_pivot: bool,
     dir: PathBuf,
     cgroups: CgroupRoot,
     entries: Mutex<HashMap<String, Entry>>,
@@ -81,10 +83,17 @@ impl Containers {
     /// Roots go under `dir`, cgroups under `cgroups`.
     pub fn new(dir: PathBuf, cgroups: PathBuf) -> Self {
         Containers {
+            no_pivot: false,
             dir,
             cgroups: CgroupRoot::new(cgroups),
             entries: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// With `no_pivot`, containers get their root by a move and a chroot.
+    pub fn without_pivot_root(mut self, no_pivot: bool) -> Self {
+        self.no_pivot = no_pivot;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {

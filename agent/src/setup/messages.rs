@@ -36,6 +36,9 @@ pub enum Job {
         new_cgroup_namespace: bool,
         /// A network namespace was created: bring its loopback up.
         new_network_namespace: bool,
+        /// Move the root and chroot instead of pivot_root.
+        #[serde(default)]
+        no_pivot: bool,
     },
     /// Run `process` in the container's namespaces; no wait for a start.
     Exec {

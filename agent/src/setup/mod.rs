@@ -106,6 +106,7 @@ fn run(channel: &mut Channel) -> anyhow::Result<Infallible> {
             cgroup,
             new_cgroup_namespace,
             new_network_namespace,
+            no_pivot,
         } => {
             let process = spec
                 .process()
@@ -126,6 +127,7 @@ fn run(channel: &mut Channel) -> anyhow::Result<Infallible> {
                 rootfs,
                 cgroup,
                 cgroup_namespace: *new_cgroup_namespace,
+                no_pivot: *no_pivot,
             };
             rootfs::prepare(&spec, &plan, &mut |line| channel.log(line))?;
             if config.terminal {

@@ -6,6 +6,7 @@
 
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -39,6 +40,8 @@ pub struct RootfsPlan<'a> {
     pub cgroup: &'a Path,
     /// Whether the process has a cgroup namespace of its own.
     pub cgroup_namespace: bool,
+    /// Move the root and chroot instead of pivot_root (runc's `--no-pivot`).
+    pub no_pivot: bool,
 }
 
 /// Mounts everything under the root disk and pivots into it. `log` takes lines for the
@@ -114,7 +117,18 @@ pub fn prepare(
         create_devices(rootfs, devices)?;
         dev_links(rootfs)?;
     }
-    pivot_root(rootfs)
+    if plan.no_pivot {
+        return move_root(rootfs);
+    }
+    match pivot_root(rootfs) {
+        // The guest's root is still the kernel's initramfs, which pivot_root cannot
+        // move (PID 1 normally leaves it at boot).
+        Err(e) if e.downcast_ref() == Some(&nix::errno::Errno::EINVAL) => {
+            log(format!("pivot_root: {e:#}; moving the root instead"));
+            move_root(rootfs)
+        }
+        other => other,
+    }
 }
 
 fn options_of(m: &Mount) -> MountOptions {
@@ -382,7 +396,8 @@ fn pivot_root(rootfs: &Path) -> anyhow::Result<()> {
     let old = File::open("/").context("open /")?;
     let new = File::open(rootfs).with_context(|| format!("open {}", rootfs.display()))?;
     nix::unistd::fchdir(&new).context("enter the new root")?;
-    nix::unistd::pivot_root(".", ".").context("pivot_root")?;
+    // The bare errno stays the error, so that the caller can tell EINVAL.
+    nix::unistd::pivot_root(".", ".")?;
     nix::unistd::fchdir(&old).context("enter the old root")?;
     // The old root must not take the detach back to the guest's mounts.
     mount::mount(
@@ -396,6 +411,63 @@ fn pivot_root(rootfs: &Path) -> anyhow::Result<()> {
     mount::umount2(".", MntFlags::MNT_DETACH).context("detach the old root")?;
     nix::unistd::chdir("/").context("chdir /")?;
     Ok(())
+}
+
+/// Without pivot_root: the guest's mounts outside the new root are detached, then the new
+/// root is moved over `/` and chrooted into (runc's way with `--no-pivot`). What stays
+/// beneath is only the guest's own root directory, which a chroot escape could reach.
+fn move_root(rootfs: &Path) -> anyhow::Result<()> {
+    let mountinfo =
+        fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(unescape_mount_path)
+        .collect();
+    // Deepest first, so that submounts go before what they are mounted on.
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for point in points {
+        let keep =
+            point == Path::new("/") || rootfs.starts_with(&point) || point.starts_with(rootfs);
+        if !keep {
+            let _ = mount::umount2(&point, MntFlags::MNT_DETACH);
+        }
+    }
+    nix::unistd::chdir(rootfs).with_context(|| format!("enter {}", rootfs.display()))?;
+    mount::mount(
+        Some(rootfs),
+        "/",
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .context("move the new root over /")?;
+    nix::unistd::chroot(".").context("chroot into the new root")?;
+    nix::unistd::chdir("/").context("chdir /")?;
+    Ok(())
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as octal escapes.
+fn unescape_mount_path(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// After the pivot (and the terminal, whose slave gets bound on /dev/console): sysctls,
@@ -499,5 +571,19 @@ fn mask_path(path: &Path) -> anyhow::Result<()> {
             MsFlags::MS_BIND,
             None::<&str>,
         )?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(
+            unescape_mount_path(r"/run/a\040b\134c"),
+            PathBuf::from("/run/a b\\c")
+        );
+        assert_eq!(unescape_mount_path(r"/x\9"), PathBuf::from(r"/x\9"));
     }
 }

@@ -186,6 +186,20 @@ fn a_missing_bind_source_other_than_the_engine_files_fails_create_naming_it() {
 }
 
 #[test]
+fn without_pivot_root_the_container_sees_the_same_mounts_as_with_it() {
+    let script = "cat /hello.txt; cut -d' ' -f5 /proc/self/mountinfo | sort | tr '\\n' ' '";
+    let with = ContainerHost::new().run("pivot", &spec(&["sh", "-c", script]));
+    let mut host = ContainerHost::with_agent_args(&["--no-pivot"]);
+    let without = host.run("nopivot", &spec(&["sh", "-c", script]));
+    assert!(
+        with.stdout.starts_with("hello from the root disk\n/ /dev "),
+        "{}",
+        with.stdout
+    );
+    assert_eq!(without.stdout, with.stdout, "stderr: {}", without.stderr);
+}
+
+#[test]
 fn the_process_is_pid_1_of_its_own_pid_namespace() {
     let mut host = ContainerHost::new();
     let ran = host.run("pidns", &spec(&["sh", "-c", "echo $$"]));

@@ -85,6 +85,28 @@ fn an_exec_takes_its_own_process_settings() {
 }
 
 #[test]
+fn an_exec_without_privileges_of_its_own_gets_the_containers_not_the_agents() {
+    let mut host = ContainerHost::new();
+    let mut s = spec(&["sleep", "100"]);
+    s["process"]["capabilities"] = json!({"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"],
+                                          "permitted": ["CAP_KILL"]});
+    host.create("priv", &s).unwrap();
+    host.start("priv");
+    let process = json!({"args": ["grep", "-e", "CapEff", "-e", "NoNewPrivs", "/proc/self/status"],
+                         "env": ["PATH=/bin"]});
+    let out = host
+        .exec("priv-1", "priv", &[], Some(process))
+        .unwrap()
+        .output();
+    assert_eq!(
+        String::from_utf8_lossy(&out.0),
+        "CapEff:\t0000000000000020\nNoNewPrivs:\t1\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.1)
+    );
+}
+
+#[test]
 fn an_exec_with_a_terminal_gets_one_in_the_container() {
     let mut host = ContainerHost::new();
     host.create("et", &spec(&["sleep", "100"])).unwrap();

@@ -151,12 +151,17 @@ impl ContainerHost {
     /// Needs root, loop devices, busybox, unshare and a cgroup v2 hierarchy; fails the
     /// test naming whichever is missing.
     pub fn new() -> ContainerHost {
+        Self::with_agent_args(&[])
+    }
+
+    /// Like [`new`](Self::new), with more arguments for the agent.
+    pub fn with_agent_args(args: &[&str]) -> ContainerHost {
         assert!(
             super::cgroup2_mount().is_some(),
             "container tests need a cgroup v2 hierarchy mounted on this host"
         );
         let disk = busybox_root_device();
-        let agent = TestAgent::start_in_own_mount_namespace();
+        let agent = TestAgent::start_in_own_mount_namespace_with(args);
         let client = agent.client();
         ContainerHost {
             agent,

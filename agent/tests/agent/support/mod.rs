@@ -37,16 +37,25 @@ pub struct TestAgent {
 impl TestAgent {
     /// Starts an agent and waits until it accepts connections.
     pub fn start() -> TestAgent {
-        Self::launch(&[])
+        Self::launch(&[], &[])
     }
 
     /// Starts an agent in a mount namespace of its own, so that whatever it mounts
     /// disappears with it even if a test fails half-way.
     pub fn start_in_own_mount_namespace() -> TestAgent {
-        Self::launch(&["unshare", "--mount", "--propagation", "private", "--"])
+        Self::start_in_own_mount_namespace_with(&[])
     }
 
-    fn launch(wrapper: &[&str]) -> TestAgent {
+    /// Like [`start_in_own_mount_namespace`](Self::start_in_own_mount_namespace), with
+    /// more arguments for the agent.
+    pub fn start_in_own_mount_namespace_with(args: &[&str]) -> TestAgent {
+        Self::launch(
+            &["unshare", "--mount", "--propagation", "private", "--"],
+            args,
+        )
+    }
+
+    fn launch(wrapper: &[&str], args: &[&str]) -> TestAgent {
         let dir = tempfile::tempdir().expect("temp dir");
         let control = dir.path().join("agent.sock");
         let stdio_prefix = dir.path().join("vsock");
@@ -84,6 +93,7 @@ impl TestAgent {
             .arg(&stdio_prefix)
             .arg("--roots-dir")
             .arg(dir.path().join("roots"))
+            .args(args)
             .stdin(Stdio::null())
             .stderr(File::create(dir.path().join("agent.log")).expect("agent log"))
             .spawn()
