@@ -1,11 +1,13 @@
 //! Containers' cgroups (v2) in the guest: they are how `Ps` and `Signal { all }` find
-//! every process of a container, including those that left its process tree.
+//! every process of a container, including those that left its process tree, and they
+//! hold `linux.resources` (within the VM the host sized for them).
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use oci_spec::runtime::LinuxResources;
 
 /// Where containers' cgroups are made in the guest (cgroup2 is mounted there at boot).
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -47,6 +49,111 @@ impl CgroupRoot {
         }
         Ok(cgroup)
     }
+}
+
+impl CgroupRoot {
+    /// Enables `controller` for the cgroups below the root; false if it is not there.
+    fn enable(&self, controller: &str) -> bool {
+        let control = self.dir.join("cgroup.subtree_control");
+        let enabled = |c: &str| {
+            std::fs::read_to_string(&control).is_ok_and(|s| s.split_whitespace().any(|e| e == c))
+        };
+        enabled(controller)
+            || (std::fs::write(&control, format!("+{controller}")).is_ok() && enabled(controller))
+    }
+
+    /// Writes `resources` into `cgroup`'s files. Limits whose controller this kernel or
+    /// hierarchy lacks are skipped and returned as warnings (the VM's size bounds the
+    /// container anyway); values the kernel refuses are errors.
+    pub fn limit(
+        &self,
+        cgroup: &Cgroup,
+        resources: &LinuxResources,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut warnings = Vec::new();
+        for (file, value) in resource_files(resources)? {
+            let controller = file.split('.').next().unwrap_or_default();
+            let path = cgroup.path.join(&file);
+            if !self.enable(controller) || !path.exists() {
+                warnings.push(format!(
+                    "{file} = {value} not applied: no {controller} controller in {}",
+                    self.dir.display()
+                ));
+                continue;
+            }
+            std::fs::write(&path, &value).with_context(|| format!("set {file} to {value}"))?;
+        }
+        Ok(warnings)
+    }
+}
+
+/// cgroup v2 files and values for `resources`, converted from the v1 terms of the OCI
+/// spec as runc converts them.
+fn resource_files(resources: &LinuxResources) -> anyhow::Result<Vec<(String, String)>> {
+    let max = |v: i64| {
+        if v < 0 {
+            "max".to_owned()
+        } else {
+            v.to_string()
+        }
+    };
+    let mut out = Vec::new();
+    if let Some(memory) = resources.memory() {
+        if let Some(limit) = memory.limit() {
+            out.push(("memory.max".into(), max(limit)));
+        }
+        if let Some(low) = memory.reservation() {
+            out.push(("memory.low".into(), max(low)));
+        }
+        // OCI's swap is memory plus swap; v2 counts swap alone.
+        match (memory.swap(), memory.limit()) {
+            (Some(-1), _) => out.push(("memory.swap.max".into(), "max".into())),
+            (Some(swap), Some(limit)) if swap > 0 && limit > 0 => {
+                if swap < limit {
+                    bail!("memory.swap ({swap}) must not be below memory.limit ({limit})");
+                }
+                out.push(("memory.swap.max".into(), (swap - limit).to_string()));
+            }
+            _ => {}
+        }
+    }
+    if let Some(cpu) = resources.cpu() {
+        if let Some(shares) = cpu.shares().filter(|&s| s > 0) {
+            let weight = 1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142;
+            out.push(("cpu.weight".into(), weight.to_string()));
+        }
+        if cpu.quota().is_some() || cpu.period().is_some() {
+            let quota = cpu
+                .quota()
+                .filter(|&q| q > 0)
+                .map_or("max".into(), |q| q.to_string());
+            let period = cpu.period().unwrap_or(100_000);
+            out.push(("cpu.max".into(), format!("{quota} {period}")));
+        }
+        if let Some(cpus) = cpu.cpus().as_deref().filter(|c| !c.is_empty()) {
+            out.push(("cpuset.cpus".into(), cpus.to_owned()));
+        }
+        if let Some(mems) = cpu.mems().as_deref().filter(|m| !m.is_empty()) {
+            out.push(("cpuset.mems".into(), mems.to_owned()));
+        }
+    }
+    if let Some(pids) = resources.pids() {
+        out.push((
+            "pids.max".into(),
+            if pids.limit() > 0 {
+                pids.limit().to_string()
+            } else {
+                "max".into()
+            },
+        ));
+    }
+    for (file, value) in resources.unified().iter().flatten() {
+        if file.contains('/') || file.starts_with("cgroup.") {
+            bail!("linux.resources.unified: {file:?} is not a controller file");
+        }
+        out.push((file.clone(), value.clone()));
+    }
+    Ok(out)
 }
 
 /// One container's cgroup.
@@ -143,5 +250,70 @@ impl Cgroup {
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(json: serde_json::Value) -> Vec<(String, String)> {
+        resource_files(&serde_json::from_value(json).unwrap()).unwrap()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn memory_and_swap_convert_to_v2() {
+        assert_eq!(
+            files(
+                serde_json::json!({"memory": {"limit": 104857600, "swap": 209715200, "reservation": -1}})
+            ),
+            pairs(&[
+                ("memory.max", "104857600"),
+                ("memory.low", "max"),
+                ("memory.swap.max", "104857600")
+            ])
+        );
+        assert!(resource_files(
+            &serde_json::from_value(serde_json::json!({"memory": {"limit": 200, "swap": 100}}))
+                .unwrap()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn cpu_shares_quota_and_sets_convert_like_runc() {
+        assert_eq!(
+            files(
+                serde_json::json!({"cpu": {"shares": 1024, "quota": 50000, "period": 100000,
+                                               "cpus": "0-1"}})
+            ),
+            pairs(&[
+                ("cpu.weight", "39"),
+                ("cpu.max", "50000 100000"),
+                ("cpuset.cpus", "0-1")
+            ])
+        );
+        assert_eq!(
+            files(serde_json::json!({"cpu": {"quota": -1}, "pids": {"limit": 0}})),
+            pairs(&[("cpu.max", "max 100000"), ("pids.max", "max")])
+        );
+    }
+
+    #[test]
+    fn unified_entries_pass_through_but_not_paths() {
+        assert_eq!(
+            files(serde_json::json!({"unified": {"memory.high": "50M"}})),
+            pairs(&[("memory.high", "50M")])
+        );
+        assert!(resource_files(
+            &serde_json::from_value(serde_json::json!({"unified": {"../x": "1"}})).unwrap()
+        )
+        .is_err());
     }
 }

@@ -59,6 +59,16 @@ pub fn create(agent: &Agent, req: &ContainerRequest) -> anyhow::Result<libc::pid
         partial.rootfs = Some(rootfs.clone());
         let cgroup = agent.containers.cgroups.create(id)?;
         let cgroup_path = cgroup.path().to_owned();
+        if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+            let warnings = agent
+                .containers
+                .cgroups
+                .limit(&cgroup, resources)
+                .context("linux.resources")?;
+            for warning in warnings {
+                diag!("container {id:?}: {warning}");
+            }
+        }
         partial.cgroup = Some(cgroup);
 
         let stdio: [OwnedFd; 3] = if terminal {
@@ -258,5 +268,58 @@ fn undo(agent: &Agent, id: &str, partial: Partial) {
             let _ = std::fs::remove_dir(&dir);
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: serde_json::Value) -> Spec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn namespaces_become_clone_flags() {
+        let s = spec(
+            serde_json::json!({"ociVersion": "1.0.2", "linux": {"namespaces": [
+            {"type": "mount"}, {"type": "pid"}, {"type": "network"}, {"type": "user"},
+            {"type": "cgroup"}, {"type": "ipc"}, {"type": "uts"}]}}),
+        );
+        assert_eq!(
+            namespaces(&s).unwrap(),
+            CloneFlags::CLONE_NEWNS
+                | CloneFlags::CLONE_NEWPID
+                | CloneFlags::CLONE_NEWNET
+                | CloneFlags::CLONE_NEWUSER
+                | CloneFlags::CLONE_NEWCGROUP
+                | CloneFlags::CLONE_NEWIPC
+                | CloneFlags::CLONE_NEWUTS
+        );
+    }
+
+    #[test]
+    fn joining_a_namespace_by_path_is_refused_naming_it() {
+        let s = spec(
+            serde_json::json!({"ociVersion": "1.0.2", "linux": {"namespaces": [
+            {"type": "mount"}, {"type": "network", "path": "/run/netns/x"}]}}),
+        );
+        let err = namespaces(&s).unwrap_err().to_string();
+        assert!(
+            err.contains("/run/netns/x") && err.contains("net namespace"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_mount_namespace_is_required() {
+        let s = spec(
+            serde_json::json!({"ociVersion": "1.0.2", "linux": {"namespaces": [
+            {"type": "pid"}]}}),
+        );
+        assert!(namespaces(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("mount namespace"));
     }
 }

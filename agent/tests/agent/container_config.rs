@@ -200,6 +200,37 @@ fn without_pivot_root_the_container_sees_the_same_mounts_as_with_it() {
 }
 
 #[test]
+fn resources_go_to_the_containers_cgroup_or_are_skipped_without_their_controller() {
+    let mut host = ContainerHost::new();
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/pids.max 2>/dev/null || echo none",
+    ]);
+    s["linux"]["resources"] = json!({"pids": {"limit": 20}});
+    let ran = host.run("res", &s);
+    let root = host
+        .agent
+        .cgroup_root()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned();
+    let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap();
+    if controllers.split_whitespace().any(|c| c == "pids") {
+        assert_eq!(ran.stdout, "20\n");
+    } else {
+        assert_eq!(ran.stdout, "none\n");
+        assert!(
+            host.agent.log().contains("pids.max = 20 not applied"),
+            "{}",
+            host.agent.log()
+        );
+    }
+    assert_eq!(ran.status, ExitStatus::Code(0));
+}
+
+#[test]
 fn the_process_is_pid_1_of_its_own_pid_namespace() {
     let mut host = ContainerHost::new();
     let ran = host.run("pidns", &spec(&["sh", "-c", "echo $$"]));

@@ -163,6 +163,11 @@ impl TestAgent {
         self.child.id()
     }
 
+    /// The agent's diagnostics so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// Where the agent mounts containers' roots.
     pub fn containers_dir(&self) -> &Path {
         &self.containers_dir
