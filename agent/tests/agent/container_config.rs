@@ -231,6 +231,50 @@ fn resources_go_to_the_containers_cgroup_or_are_skipped_without_their_controller
 }
 
 #[test]
+fn dev_has_the_default_devices_the_configured_ones_and_the_usual_links() {
+    let mut host = ContainerHost::new();
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "for d in null zero full random urandom tty; do test -c /dev/$d && echo -n \"$d \"; done; echo; \
+         stat -c '%t,%T %a' /dev/mydev; for l in fd stdin stderr ptmx; do readlink /dev/$l; done; \
+         echo x > /dev/null && head -c 3 /dev/zero | wc -c",
+    ]);
+    s["linux"]["devices"] = json!([{"path": "/dev/mydev", "type": "c", "major": 1, "minor": 3,
+                                    "fileMode": 0o600, "uid": 0, "gid": 0}]);
+    let ran = host.run("dev", &s);
+    assert_eq!(
+        ran.stdout,
+        "null zero full random urandom tty \n1,3 600\n/proc/self/fd\n/proc/self/fd/0\n\
+         /proc/self/fd/2\npts/ptmx\n3\n",
+        "stderr: {}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn sysctls_and_oom_score_adj_are_set() {
+    let mut host = ContainerHost::new();
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "cat /proc/sys/kernel/msgmax /proc/self/oom_score_adj",
+    ]);
+    // An IPC-namespaced sysctl: the container has its own IPC namespace, so the test
+    // host's value is untouched.
+    s["linux"]["sysctl"] = json!({"kernel.msgmax": "4321"});
+    s["process"]["oomScoreAdj"] = json!(500);
+    let ran = host.run("sysctl", &s);
+    assert_eq!(ran.stdout, "4321\n500\n", "stderr: {}", ran.stderr);
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/msgmax")
+            .unwrap()
+            .trim(),
+        "4321"
+    );
+}
+
+#[test]
 fn the_process_is_pid_1_of_its_own_pid_namespace() {
     let mut host = ContainerHost::new();
     let ran = host.run("pidns", &spec(&["sh", "-c", "echo $$"]));

@@ -9,7 +9,7 @@ use husk_protocol::{ExitStatus, Request, Response};
 use serde_json::json;
 
 use crate::support::container::{spec, ContainerHost};
-use crate::support::{eventually, read_all, read_until};
+use crate::support::{eventually, read_all, read_until, write_and_close};
 
 #[test]
 fn create_stops_the_process_before_its_program_and_start_runs_it() {
@@ -51,6 +51,19 @@ fn create_stops_the_process_before_its_program_and_start_runs_it() {
         matches!(&again, Response::Error { message } if message.contains("already been started")),
         "{again:?}"
     );
+}
+
+#[test]
+fn the_containers_stdio_are_the_hosts_streams_and_stdin_end_of_file_arrives() {
+    let mut host = ContainerHost::new();
+    let mut created = host
+        .create_piped("io", &spec(&["sh", "-c", "cat; echo err >&2"]), true)
+        .unwrap();
+    host.start("io");
+    write_and_close(created.stdin.take().unwrap(), b"through stdin\n");
+    assert_eq!(read_all(created.stdout), b"through stdin\n");
+    assert_eq!(read_all(created.stderr), b"err\n");
+    assert_eq!(host.client.exit_status("io"), ExitStatus::Code(0));
 }
 
 #[test]

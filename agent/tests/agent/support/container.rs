@@ -136,6 +136,7 @@ pub struct ContainerHost {
 /// A created container's process and its host-side streams.
 pub struct Created {
     pub pid: i32,
+    pub stdin: Option<UnixStream>,
     pub stdout: UnixStream,
     pub stderr: UnixStream,
 }
@@ -181,10 +182,15 @@ impl ContainerHost {
 
     /// Sends `CreateContainer` with stdout and stderr piped; the error message if refused.
     pub fn create(&mut self, id: &str, spec: &Value) -> Result<Created, String> {
+        self.create_piped(id, spec, false)
+    }
+
+    /// Like [`create`](Self::create), with stdin piped too if asked.
+    pub fn create_piped(&mut self, id: &str, spec: &Value, stdin: bool) -> Result<Created, String> {
         let listener = self.agent.stdio_listener();
         let stdio = StdioSpec {
             port: listener.port,
-            stdin: false,
+            stdin,
             stdout: true,
             stderr: true,
             terminal: false,
@@ -202,6 +208,7 @@ impl ContainerHost {
                 let mut streams = listener.accept_streams(id, &stdio);
                 Ok(Created {
                     pid,
+                    stdin: streams.remove(&StreamKind::Stdin),
                     stdout: streams.remove(&StreamKind::Stdout).unwrap(),
                     stderr: streams.remove(&StreamKind::Stderr).unwrap(),
                 })
