@@ -246,28 +246,48 @@ fn run_detached_leaves_a_running_container() {
 }
 
 #[test]
-fn a_missing_program_fails_clearly_and_leaves_nothing() {
-    become_subreaper();
+fn a_missing_program_fails_create_clearly_and_leaves_nothing() {
     let env = Env::new();
     let bundle = Bundle::new(&["/bin/no-such-program"]);
     let id = unique_id("noprog");
-    let o = env.run(["create", "--bundle", &bundle.path_str(), &id]);
-    if o.status.code() == Some(1) {
-        // Found at create, as runc does.
-        assert!(
-            String::from_utf8_lossy(&o.stderr).contains("no-such-program"),
-            "{}",
-            show(&o)
-        );
-    } else {
-        // Or at start: then start fails or the process exits 127, and delete cleans up.
-        let s = env.run(["start", &id]);
-        let pid = env.state(&id)["pid"].as_i64().unwrap_or(0) as i32;
-        if s.status.success() && pid > 0 {
-            assert_eq!(wait_exit_status(pid, EXIT), 127);
-        }
-        env.ok(["delete", "--force", &id]);
-    }
+    // As with runc, the program is looked up at create, before anything runs.
+    env.fails(
+        ["create", "--bundle", &bundle.path_str(), &id],
+        "no-such-program",
+    );
+    let line = env.last_error_line().unwrap();
+    assert!(
+        line["msg"].as_str().unwrap().contains("no-such-program"),
+        "{line}"
+    );
+    env.assert_nothing_left(&id);
+    let bundle = Bundle::new(&["no-such-program-in-path"]);
+    env.fails(
+        ["create", "--bundle", &bundle.path_str(), &id],
+        "no-such-program-in-path",
+    );
+    env.assert_nothing_left(&id);
+}
+
+#[test]
+fn a_duplicate_id_is_refused_and_the_first_container_is_untouched() {
+    become_subreaper();
+    let env = Env::new();
+    let bundle = Bundle::new(&["sleep", "1000"]);
+    let id = unique_id("dup-created");
+    let c = env.create(&id, &bundle, None, &[]);
+    env.fails(
+        ["create", "--bundle", &bundle.path_str(), &id],
+        "already exists",
+    );
+    env.fails(
+        ["run", "--bundle", &bundle.path_str(), &id],
+        "already exists",
+    );
+    assert_eq!(env.status(&id), "created");
+    assert_eq!(env.state(&id)["pid"], c.pid);
+    env.ok(["delete", &id]);
+    assert_eq!(wait_exit_status(c.pid, EXIT), 137);
     env.assert_nothing_left(&id);
 }
 
