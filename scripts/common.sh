@@ -11,11 +11,16 @@ husk_kvm_boots_linux() {
 }
 
 # Builds the guest kernel (cached), the static agent and initramfs, and release husk and
-# husk-rootfs-builder. Sets HUSK_KERNEL and HUSK_INITRD.
+# husk-rootfs-builder. Sets HUSK_KERNEL and HUSK_INITRD, and links both into
+# target/share/husk/, where target/release/husk finds them by itself: engines (podman,
+# dockerd, the containerd shim) do not pass HUSK_* variables on to the runtime.
 husk_build() {
     HUSK_KERNEL=$(guest-kernel-config/build-kernel.sh | tail -n 1)
     HUSK_INITRD=$(scripts/build-guest.sh | tail -n 1)
     cargo build --release -q -p husk -p husk-rootfs-builder
+    mkdir -p target/share/husk
+    ln -sfn "$HUSK_KERNEL" target/share/husk/vmlinux
+    ln -sfn "$HUSK_INITRD" target/share/husk/initramfs.cpio
     export HUSK_KERNEL HUSK_INITRD
 }
 

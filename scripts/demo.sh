@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# husk's main job on a built-in default: boot a microVM with its own guest kernel and a
-# busybox root disk, and run a command in it (default: uname -a) through the in-guest agent.
+# husk's main job on a built-in default: run a busybox OCI container with `husk run`, the
+# way containerd, podman or Docker would, in a microVM with its own guest kernel.
 #
-#   scripts/demo.sh [COMMAND [ARGS...]]
+#   scripts/demo.sh [COMMAND [ARGS...]]      (default: show the container's kernel)
 #
 # On a machine whose /dev/kvm cannot boot Linux (see shared/ENVIRONMENT.md) it runs inside
 # a software-emulated test host, which is slow but real.
@@ -10,12 +10,27 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 bash scripts/install-deps.sh >&2
-[ $# -gt 0 ] || set -- uname -a
 . scripts/common.sh
-husk_build
-image=$(husk_busybox_image "$repo/target/husk-demo")
-run=(target/release/husk vm run --kernel "$HUSK_KERNEL" --initrd "$HUSK_INITRD" --disk "$image:ro" -- "$@")
-echo "host kernel: $(uname -r)" >&2
+husk_build >&2
+out=$repo/target/husk-demo
+mkdir -p "$out"
+husk_busybox_image "$out" >/dev/null # leaves the busybox tree in $out/rootfs
+bundle=$out/bundle
+rm -rf "$bundle"
+mkdir -p "$bundle"
+cp -a "$out/rootfs" "$bundle/rootfs"
+(cd "$bundle" && "$repo/target/release/husk" spec)
+[ $# -gt 0 ] || set -- sh -c 'echo "container kernel: $(uname -r)"'
+python3 - "$bundle/config.json" "$@" <<'PY'
+import json, sys
+path, args = sys.argv[1], sys.argv[2:]
+spec = json.load(open(path))
+spec["process"]["args"] = args
+spec["process"]["terminal"] = False
+json.dump(spec, open(path, "w"), indent=2)
+PY
+echo "host kernel:      $(uname -r)"
+run=(target/release/husk run --bundle "$bundle" "demo-$$")
 if husk_kvm_boots_linux; then
     exec "${run[@]}"
 else

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs husk's VM tier: real guest kernel, real agent, real KVM.
 #
-#   tests/vm-tier.sh [--clients] [cargo test filter and flags...]
+#   tests/vm-tier.sh [--core | --clients] [cargo test filter and flags...]
 #
-# --clients runs tests/tests/clients.rs instead: containerd, podman and dockerd driving the
-# runtime under test (husk, or HUSK_CLIENT_RUNTIME, e.g. /usr/sbin/runc to check the
-# harness) with a locally built busybox image.
+# Two suites: tests/tests/vm_tier.rs (the microVM core through `husk vm run`) and
+# tests/tests/clients.rs (containerd, podman and dockerd driving the runtime under test:
+# husk, or HUSK_CLIENT_RUNTIME, e.g. /usr/sbin/runc to check the harness, with a locally
+# built busybox image). Both by default; --core or --clients picks one.
 #
 # Builds everything the tier needs (guest kernel, cached; static agent and initramfs; the
 # husk binary; a busybox test disk), then runs tests/tests/vm_tier.rs:
@@ -23,11 +24,11 @@ mkdir -p "$out"
 log() { echo "vm-tier: $*" >&2; }
 . scripts/common.sh
 
-suite=vm_tier
-if [ "${1:-}" = "--clients" ]; then
-    suite=clients
-    shift
-fi
+suites=(vm_tier clients)
+case "${1:-}" in
+    --clients) suites=(clients); shift ;;
+    --core) suites=(vm_tier); shift ;;
+esac
 mode=${HUSK_VM_TIER_MODE:-}
 if [ -z "$mode" ]; then
     if husk_kvm_boots_linux; then mode=direct; else mode=testhost; fi
@@ -43,18 +44,22 @@ husk_build
 log "building the test binaries"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q -p husk-tests \
     --bin husk-vsock-peer --target x86_64-unknown-linux-gnu
-testbin=$(cargo test --release -q -p husk-tests --test "$suite" --no-run --message-format=json 2>/dev/null |
-    SUITE=$suite python3 -c 'import json,os,sys
+testbins=()
+for suite in "${suites[@]}"; do
+    bin=$(cargo test --release -q -p husk-tests --test "$suite" --no-run --message-format=json 2>/dev/null |
+        SUITE=$suite python3 -c 'import json,os,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == os.environ["SUITE"] and m.get("executable"):
         print(m["executable"])')
-[ -x "$testbin" ] || { log "could not find the $suite test binary"; exit 1; }
-if [ "$suite" = clients ]; then
+    [ -x "$bin" ] || { log "could not find the $suite test binary"; exit 1; }
+    testbins+=("$bin")
+done
+if [[ " ${suites[*]} " == *" clients "* ]]; then
     log "building the busybox OCI image"
     HUSK_CLIENT_IMAGES=$(tests/clients/build-image.sh "$out/images")
     export HUSK_CLIENT_IMAGES
-    log "runtime under test: ${HUSK_CLIENT_RUNTIME:-husk}"
+    log "runtime under test in the client suite: ${HUSK_CLIENT_RUNTIME:-husk}"
 fi
 
 log "building the busybox test disk"
@@ -63,12 +68,13 @@ husk_busybox_image "$out" target/x86_64-unknown-linux-gnu/release/husk-vsock-pee
 export HUSK_BIN=$repo/target/release/husk HUSK_TEST_ROOTFS=$out/busybox.img
 log "kernel $HUSK_KERNEL"
 log "initrd $HUSK_INITRD"
-test_args=(--ignored --test-threads=1 "$@")
+# Every suite runs even if one fails; the status is the first failure's.
+runner=(tests/run-suites.sh "${testbins[@]}" -- --ignored --test-threads=1 "$@")
 if [ "$mode" = direct ]; then
-    exec "$testbin" "${test_args[@]}"
+    exec "${runner[@]}"
 else
-    # The daemons keep their state under /run, a tmpfs in the test host (bolt's mmap fails
-    # on the shared 9p root).
+    # The client daemons keep their state under /run, a tmpfs in the test host (bolt's
+    # mmap fails on the shared 9p root).
     exec tests/testhost/run.sh --memory "${HUSK_TESTHOST_MEMORY:-4G}" --cpus 2 \
-        --timeout "${HUSK_VM_TIER_TIMEOUT:-3600}" -- "$testbin" "${test_args[@]}"
+        --timeout "${HUSK_VM_TIER_TIMEOUT:-3600}" -- "${runner[@]}"
 fi

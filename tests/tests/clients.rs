@@ -1,8 +1,9 @@
 //! Real container clients (containerd through the runc v2 shim, podman, dockerd) driving
 //! an OCI runtime: husk by default, or `HUSK_CLIENT_RUNTIME` (runc, to check the harness).
-//! VM tier: run with `tests/vm-tier.sh --clients`, which builds the busybox image
-//! (tests/clients/build-image.sh) and starts nothing else; each test starts its own daemon
-//! with its state under /run (a tmpfs in the test host).
+//! VM tier: run with `tests/vm-tier.sh` (or `--clients` for this suite alone), which builds
+//! the busybox image (tests/clients/build-image.sh); each test starts its own daemon with
+//! its state under /run (a tmpfs in the test host), configured from the repository's
+//! deploy/ snippets.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -35,6 +36,25 @@ fn images() -> PathBuf {
 fn pty_run() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/pty-run.py")
 }
+
+/// The repository's deploy/ snippet `name`, pointed at the runtime under test: the client
+/// tests run the engines with the configuration users are told to install.
+fn deploy_config(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert!(
+        text.contains(INSTALLED_HUSK),
+        "{} names no {INSTALLED_HUSK}",
+        path.display()
+    );
+    text.replace(INSTALLED_HUSK, &runtime().display().to_string())
+}
+
+/// Where deploy/ expects husk to be installed.
+const INSTALLED_HUSK: &str = "/usr/local/bin/husk";
 
 fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null()).output().expect("running a client")
@@ -156,6 +176,42 @@ impl Containerd {
 
 #[test]
 #[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn containerd_loads_the_deploy_runtime_entry() {
+    // The CRI entry is what Kubernetes uses; ctr drives the same shim and binary through
+    // --runc-binary (the other tests). Here: containerd parses the snippet and resolves the
+    // runtime to the runc v2 shim with husk as its binary.
+    let dir = state_dir("containerd-config");
+    let snippet = deploy_config("containerd-config.toml");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "root = \"{d}/root\"\nstate = \"{d}/state\"\n{snippet}",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let o = ok(Command::new("containerd")
+        .arg("--config")
+        .arg(&config)
+        .args(["config", "dump"]));
+    let dump = stdout(&o);
+    let husk_section = dump
+        .split("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.husk]")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no husk runtime in: {dump}"));
+    assert!(
+        husk_section.contains("runtime_type = \"io.containerd.runc.v2\""),
+        "{husk_section}"
+    );
+    assert!(
+        husk_section.contains(&format!("BinaryName = \"{}\"", runtime().display())),
+        "{husk_section}"
+    );
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
 fn containerd_runs_a_container_and_returns_its_exit_status() {
     let c = Containerd::start();
     let o = ok(c.ctr_run().args(["--rm", IMAGE, "echo1", "echo", "hello"]));
@@ -251,10 +307,18 @@ struct Podman {
 impl Podman {
     fn new() -> Self {
         let dir = state_dir("podman");
+        // deploy/'s runtime entry, plus what this machine needs (no systemd, no
+        // CAP_SYS_RESOURCE for podman's default ulimits outside the test host).
+        let conf = deploy_config("podman-containers.conf").replacen(
+            "[engine]\n",
+            "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+            1,
+        );
         std::fs::write(
             dir.join("containers.conf"),
-            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
-             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n{conf}"
+            ),
         )
         .unwrap();
         let p = Self { dir };
@@ -273,8 +337,8 @@ impl Podman {
             .arg(self.dir.join("runroot"))
             .arg("--tmpdir")
             .arg(self.dir.join("tmp"))
-            .arg("--runtime")
-            .arg(runtime());
+            // By name: resolved through the deploy/ containers.conf entry.
+            .args(["--runtime", "husk"]);
         c
     }
 }
@@ -369,6 +433,8 @@ impl Docker {
     fn start() -> Self {
         let dir = state_dir("docker");
         let socket = dir.join("docker.sock");
+        let daemon_json = dir.join("daemon.json");
+        std::fs::write(&daemon_json, deploy_config("docker-daemon.json")).unwrap();
         let daemon = Daemon::start(
             "dockerd",
             Command::new("dockerd")
@@ -381,8 +447,9 @@ impl Docker {
                 .arg("-H")
                 .arg(format!("unix://{}", socket.display()))
                 .args(["--iptables=false", "--ip-forward=false", "--bridge=none"])
-                .arg("--add-runtime")
-                .arg(format!("husk={}", runtime().display())),
+                // deploy/'s daemon.json declares the `husk` runtime.
+                .arg("--config-file")
+                .arg(&daemon_json),
             &socket,
         );
         let d = Self {

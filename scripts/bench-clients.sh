@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Container benchmark through containerd: husk vs runc vs runsc in the same host and run
+# (ctr run --rm /bin/true latency, create cost as the rootfs grows, idle container memory).
+#   scripts/bench-clients.sh [--rounds N]       (HUSK_BENCH_NO_HUSK=1: runc/runsc only)
+# Runs directly where /dev/kvm boots Linux, else inside the software-emulated test host.
+# Results: target/husk-bench/clients.json
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+bash scripts/install-deps.sh >&2
+. scripts/common.sh
+husk_build
+out=$repo/target/husk-bench
+mkdir -p "$out"
+husk_busybox_image "$out" >/dev/null
+images=$(tests/clients/build-image.sh "$out/images")
+husk=(--husk "$repo/target/release/husk")
+[ "${HUSK_BENCH_NO_HUSK:-0}" = 1 ] && husk=()
+bench=(python3 tests/bench/clients.py "${husk[@]}" --images "$images"
+       --base-rootfs "$out/rootfs" --out "$out/clients.json" "$@")
+if husk_kvm_boots_linux; then
+    echo "bench: MODE direct" >&2
+    "${bench[@]}"
+else
+    echo "bench: MODE test host (software-emulated KVM host; compare ratios, not times)" >&2
+    tests/testhost/run.sh --rwdir "$out" --timeout 5400 -- "${bench[@]}"
+fi
