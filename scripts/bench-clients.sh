@@ -12,12 +12,13 @@ bash scripts/install-deps.sh >&2
 husk_build
 out=$repo/target/husk-bench
 mkdir -p "$out"
+rm -rf "$out/work"
 husk_busybox_image "$out" >/dev/null
 images=$(tests/clients/build-image.sh "$out/images")
 husk=(--husk "$repo/target/release/husk")
 [ "${HUSK_BENCH_NO_HUSK:-0}" = 1 ] && husk=()
 bench=(python3 tests/bench/clients.py "${husk[@]}" --images "$images"
-       --base-rootfs "$out/rootfs" --out "$out/clients.json" "$@")
+       --base-rootfs "$out/rootfs" --out "$out/clients.json" --work-dir "$out/work" "$@")
 if husk_kvm_boots_linux; then
     echo "bench: MODE direct" >&2
     "${bench[@]}"

@@ -65,7 +65,8 @@ fi
 log "building the busybox test disk"
 husk_busybox_image "$out" target/x86_64-unknown-linux-gnu/release/husk-vsock-peer >/dev/null
 
-export HUSK_BIN=$repo/target/release/husk HUSK_TEST_ROOTFS=$out/busybox.img
+export HUSK_BIN=$repo/target/release/husk HUSK_TEST_ROOTFS=$out/busybox.img \
+    HUSK_TEST_ROOTFS_DIR=$out/rootfs
 log "kernel $HUSK_KERNEL"
 log "initrd $HUSK_INITRD"
 # Every suite runs even if one fails; the status is the first failure's.

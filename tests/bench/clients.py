@@ -90,8 +90,8 @@ def run_latency(c, runtimes, rounds):
     return res
 
 
-def make_bundle(base, extra_mib, rt):
-    bundle = tempfile.mkdtemp(prefix=f"bundle-{extra_mib}-", dir="/run/husk-bench")
+def make_bundle(base, extra_mib, rt, work):
+    bundle = tempfile.mkdtemp(prefix=f"bundle-{extra_mib}-", dir=work)
     rootfs = f"{bundle}/rootfs"
     shutil.copytree(base, rootfs, symlinks=True)
     if extra_mib:
@@ -109,24 +109,27 @@ def make_bundle(base, extra_mib, rt):
     return bundle
 
 
-def create_cost(runtimes, base_rootfs, sizes, rounds):
+def create_cost(runtimes, base_rootfs, sizes, rounds, work):
     res = {}
     for extra in sizes:
         for name, binary in runtimes.items():
-            bundle = make_bundle(base_rootfs, extra, binary)
+            bundle = make_bundle(base_rootfs, extra, binary, work)
+            root = f"{work}/root-{name}"
             times = []
             for i in range(rounds):
                 cid = f"cc-{name}-{extra}-{i}"
                 t = time.monotonic()
                 # The created container keeps create's stdio open: capturing it would wait
                 # for an EOF that only comes when the container is gone.
-                r = subprocess.run([binary, "--root", f"/run/husk-bench/root-{name}", "create",
-                                    "--bundle", bundle, cid], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                with open(f"{work}/create.err", "w") as err:
+                    r = subprocess.run([binary, "--root", root, "create", "--bundle", bundle, cid],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                       stderr=err)
                 times.append((time.monotonic() - t) * 1000)
                 if r.returncode != 0:
-                    sys.exit(f"{name} create failed ({r.returncode}) on busybox + {extra} MiB")
-                sh(binary, "--root", f"/run/husk-bench/root-{name}", "delete", "--force", cid)
+                    sys.exit(f"{name} create failed ({r.returncode}) on busybox + {extra} MiB: "
+                             + open(f"{work}/create.err").read())
+                sh(binary, "--root", root, "delete", "--force", cid)
             res[f"{name} +{extra} MiB"] = times
             print(f"{name:5} create, busybox + {extra:4} MiB rootfs: median {statistics.median(times):8.1f} ms",
                   flush=True)
@@ -178,7 +181,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--create-rounds", type=int, default=3)
     ap.add_argument("--out")
+    ap.add_argument("--work-dir", default="/run/husk-bench",
+                    help="bundles and runtime state for the create-cost runs (needs ~4 GiB)")
     a = ap.parse_args()
+    os.makedirs(a.work_dir, exist_ok=True)
     runtimes = {}
     if a.husk:
         runtimes["husk"] = a.husk
@@ -196,7 +202,7 @@ def main():
     finally:
         c.stop()
     create_rt = {k: v for k, v in runtimes.items() if k != "runsc"}
-    cc = create_cost(create_rt, a.base_rootfs, [0, 100, 1024], a.create_rounds)
+    cc = create_cost(create_rt, a.base_rootfs, [0, 100, 1024], a.create_rounds, a.work_dir)
     out = {"ctr_run_true_ms": {k: summary(v) for k, v in lat.items()},
            "create_ms": {k: summary(v) for k, v in cc.items()},
            "idle_memory": mem}

@@ -392,3 +392,104 @@ fn serial_log_shows_the_kernel_booting() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("Linux version"), "console log: {text}");
 }
+
+/// An OCI bundle in `dir` with a copy of the busybox tree and `husk spec`'s config, whose
+/// process runs `args`.
+fn oci_bundle(t: &VmTier, dir: &Path, args: &[&str]) -> std::path::PathBuf {
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let src = std::env::var_os("HUSK_TEST_ROOTFS_DIR").expect("HUSK_TEST_ROOTFS_DIR");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(bundle.join("rootfs"))
+        .output()
+        .unwrap();
+    assert!(cp.status.success(), "{}", show(&cp));
+    let o = output(Command::new(&t.husk).arg("spec").current_dir(&bundle));
+    assert!(o.status.success(), "{}", show(&o));
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    spec["process"]["args"] = serde_json::json!(args);
+    spec["process"]["terminal"] = serde_json::json!(false);
+    std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    bundle
+}
+
+fn husk_oci(t: &VmTier, root: &Path) -> Command {
+    let mut c = Command::new(&t.husk);
+    c.arg("--root").arg(root).stdin(Stdio::null());
+    c
+}
+
+#[test]
+#[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
+fn oci_run_in_a_microvm_returns_the_exit_status_and_leaves_nothing() {
+    let (t, tmp) = tier();
+    let bundle = oci_bundle(&t, tmp.path(), &["sh", "-c", "uname -r; exit 3"]);
+    let root = tmp.path().join("state");
+    let o = output(
+        husk_oci(&t, &root)
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg("oci-run"),
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", show(&o));
+    assert_eq!(
+        stdout_of(&o),
+        guest_kernel_release(&t.kernel),
+        "{}",
+        show(&o)
+    );
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "state left behind: {left:?}");
+    assert!(
+        !process_with_arg_exists("oci-run"),
+        "a process was left behind"
+    );
+}
+
+#[test]
+#[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
+fn oci_create_with_a_missing_program_fails_clearly_and_leaves_nothing() {
+    let (t, tmp) = tier();
+    let bundle = oci_bundle(&t, tmp.path(), &["/no/such/program"]);
+    let root = tmp.path().join("state");
+    let o = output(
+        husk_oci(&t, &root)
+            .args(["create", "--bundle"])
+            .arg(&bundle)
+            .arg("oci-bad"),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("/no/such/program"),
+        "the error names the program: {}",
+        show(&o)
+    );
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "one clear line: {}",
+        show(&o)
+    );
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "state left behind: {left:?}");
+    assert!(
+        !process_with_arg_exists("oci-bad"),
+        "a sandbox was left behind"
+    );
+    let o = output(husk_oci(&t, &root).args(["state", "oci-bad"]));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "the id is unknown again: {}",
+        show(&o)
+    );
+}
