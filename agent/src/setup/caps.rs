@@ -3,58 +3,17 @@
 use std::io;
 
 use anyhow::{bail, Context};
+use husk_protocol::CAPABILITIES;
 use oci_spec::runtime::{Capabilities, LinuxCapabilities};
-
-/// Capability names by number (linux/capability.h).
-const NAMES: [&str; 41] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// The number of capability `name` (`CAP_...`).
 pub fn number(name: &str) -> Option<u32> {
-    NAMES.iter().position(|n| *n == name).map(|i| i as u32)
+    CAPABILITIES
+        .iter()
+        .position(|n| *n == name)
+        .map(|i| i as u32)
 }
 
 /// The five sets as bit masks.
@@ -177,7 +136,7 @@ impl CapSets {
 }
 
 fn name(cap: u32) -> String {
-    NAMES
+    CAPABILITIES
         .get(cap as usize)
         .map_or_else(|| format!("capability {cap}"), |n| n.to_string())
 }
