@@ -417,6 +417,18 @@ fn oci_bundle(t: &VmTier, dir: &Path, args: &[&str]) -> std::path::PathBuf {
     bundle
 }
 
+/// No state directory under `root` and no process (sandbox) with `id` in its arguments.
+fn assert_nothing_left(root: &Path, id: &str) {
+    let left: Vec<_> = std::fs::read_dir(root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "state left behind: {left:?}");
+    assert!(
+        !process_with_arg_exists(id),
+        "a process of {id} was left behind"
+    );
+}
+
 fn husk_oci(t: &VmTier, root: &Path) -> Command {
     let mut c = Command::new(&t.husk);
     c.arg("--root").arg(root).stdin(Stdio::null());
@@ -442,14 +454,7 @@ fn oci_run_in_a_microvm_returns_the_exit_status_and_leaves_nothing() {
         "{}",
         show(&o)
     );
-    let left: Vec<_> = std::fs::read_dir(&root)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "state left behind: {left:?}");
-    assert!(
-        !process_with_arg_exists("oci-run"),
-        "a process was left behind"
-    );
+    assert_nothing_left(&root, "oci-run");
 }
 
 #[test]
@@ -477,14 +482,7 @@ fn oci_create_with_a_missing_program_fails_clearly_and_leaves_nothing() {
         "one clear line: {}",
         show(&o)
     );
-    let left: Vec<_> = std::fs::read_dir(&root)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "state left behind: {left:?}");
-    assert!(
-        !process_with_arg_exists("oci-bad"),
-        "a sandbox was left behind"
-    );
+    assert_nothing_left(&root, "oci-bad");
     let o = output(husk_oci(&t, &root).args(["state", "oci-bad"]));
     assert_eq!(
         o.status.code(),
