@@ -14,10 +14,4 @@ mkdir -p "$out"
 image=$(husk_busybox_image "$out")
 bench=(python3 tests/bench/boot.py --husk "$repo/target/release/husk" --kernel "$HUSK_KERNEL"
        --initrd "$HUSK_INITRD" --disk "$image" --out "$out/boot.json" "$@")
-if husk_kvm_boots_linux; then
-    echo "bench: MODE direct" >&2
-    "${bench[@]}"
-else
-    echo "bench: MODE test host (software-emulated KVM host; compare ratios, not times)" >&2
-    tests/testhost/run.sh --rwdir "$out" --timeout 5400 -- "${bench[@]}"
-fi
+husk_on_kvm_host 5400 "$out" -- "${bench[@]}"

@@ -19,10 +19,4 @@ husk=(--husk "$repo/target/release/husk")
 [ "${HUSK_BENCH_NO_HUSK:-0}" = 1 ] && husk=()
 bench=(python3 tests/bench/clients.py "${husk[@]}" --images "$images"
        --base-rootfs "$out/rootfs" --out "$out/clients.json" --work-dir "$out/work" "$@")
-if husk_kvm_boots_linux; then
-    echo "bench: MODE direct" >&2
-    "${bench[@]}"
-else
-    echo "bench: MODE test host (software-emulated KVM host; compare ratios, not times)" >&2
-    tests/testhost/run.sh --rwdir "$out" --timeout 5400 -- "${bench[@]}"
-fi
+husk_on_kvm_host 5400 "$out" -- "${bench[@]}"

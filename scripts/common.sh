@@ -41,3 +41,18 @@ husk_busybox_image() {
     target/release/husk-rootfs-builder ext4 --from "$rootfs" --out "$dir/busybox.img" >/dev/null
     echo "$dir/busybox.img"
 }
+
+# husk_on_kvm_host TIMEOUT RWDIR -- CMD...: runs CMD here if /dev/kvm boots Linux, else inside
+# the software-emulated test host (tests/testhost/run.sh) with RWDIR shared read-write
+# ("" for none). Says which.
+husk_on_kvm_host() {
+    local timeout=$1 rwdir=$2
+    shift 3
+    if husk_kvm_boots_linux; then
+        echo "husk: MODE direct (this /dev/kvm boots Linux guests)" >&2
+        "$@"
+    else
+        echo "husk: MODE test host (this /dev/kvm cannot boot Linux; a software-emulated KVM host: slow, compare ratios)" >&2
+        tests/testhost/run.sh ${rwdir:+--rwdir "$rwdir"} --timeout "$timeout" -- "$@"
+    fi
+}

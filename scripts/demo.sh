@@ -31,9 +31,4 @@ json.dump(spec, open(path, "w"), indent=2)
 PY
 echo "host kernel:      $(uname -r)"
 run=(target/release/husk run --bundle "$bundle" "demo-$$")
-if husk_kvm_boots_linux; then
-    exec "${run[@]}"
-else
-    echo "demo: this /dev/kvm cannot boot Linux; running inside a software-emulated KVM test host (slow)" >&2
-    exec tests/testhost/run.sh --timeout 900 -- "${run[@]}"
-fi
+husk_on_kvm_host 900 "" -- "${run[@]}"
