@@ -14,4 +14,4 @@ mkdir -p "$out"
 image=$(husk_busybox_image "$out")
 bench=(python3 tests/bench/boot.py --husk "$repo/target/release/husk" --kernel "$HUSK_KERNEL"
        --initrd "$HUSK_INITRD" --disk "$image" --out "$out/boot.json" "$@")
-husk_on_kvm_host 5400 "$out" -- "${bench[@]}"
+husk_on_kvm_host 5400 -- "${bench[@]}"

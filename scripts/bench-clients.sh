@@ -19,4 +19,4 @@ husk=(--husk "$repo/target/release/husk")
 [ "${HUSK_BENCH_NO_HUSK:-0}" = 1 ] && husk=()
 bench=(python3 tests/bench/clients.py "${husk[@]}" --images "$images"
        --base-rootfs "$out/rootfs" --out "$out/clients.json" --work-dir "$out/work" "$@")
-husk_on_kvm_host 5400 "$out" -- "${bench[@]}"
+husk_on_kvm_host 5400 -- "${bench[@]}"

@@ -42,17 +42,18 @@ husk_busybox_image() {
     echo "$dir/busybox.img"
 }
 
-# husk_on_kvm_host TIMEOUT RWDIR -- CMD...: runs CMD here if /dev/kvm boots Linux, else inside
-# the software-emulated test host (tests/testhost/run.sh) with RWDIR shared read-write
-# ("" for none). Says which.
+# husk_on_kvm_host TIMEOUT -- CMD...: runs CMD here if /dev/kvm boots Linux, else inside the
+# software-emulated test host (tests/testhost/run.sh). Says which. The repository (the
+# current directory) is shared read-write: wherever the checkout lives (even under /tmp,
+# which is a fresh tmpfs inside the test host), CMD sees it and what it writes there.
 husk_on_kvm_host() {
-    local timeout=$1 rwdir=$2
-    shift 3
+    local timeout=$1
+    shift 2
     if husk_kvm_boots_linux; then
         echo "husk: MODE direct (this /dev/kvm boots Linux guests)" >&2
         "$@"
     else
         echo "husk: MODE test host (this /dev/kvm cannot boot Linux; a software-emulated KVM host: slow, compare ratios)" >&2
-        tests/testhost/run.sh ${rwdir:+--rwdir "$rwdir"} --timeout "$timeout" -- "$@"
+        tests/testhost/run.sh --rwdir "$PWD" --timeout "$timeout" -- "$@"
     fi
 }

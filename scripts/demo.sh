@@ -31,4 +31,4 @@ json.dump(spec, open(path, "w"), indent=2)
 PY
 echo "host kernel:      $(uname -r)"
 run=(target/release/husk run --bundle "$bundle" "demo-$$")
-husk_on_kvm_host 900 "" -- "${run[@]}"
+husk_on_kvm_host 900 -- "${run[@]}"

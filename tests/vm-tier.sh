@@ -76,6 +76,7 @@ if [ "$mode" = direct ]; then
 else
     # The client daemons keep their state under /run, a tmpfs in the test host (bolt's
     # mmap fails on the shared 9p root).
-    exec tests/testhost/run.sh --memory "${HUSK_TESTHOST_MEMORY:-4G}" --cpus 2 \
+    # The checkout is shared read-write: it may live under /tmp, a fresh tmpfs inside.
+    exec tests/testhost/run.sh --memory "${HUSK_TESTHOST_MEMORY:-4G}" --cpus 2 --rwdir "$repo" \
         --timeout "${HUSK_VM_TIER_TIMEOUT:-3600}" -- "${runner[@]}"
 fi
