@@ -270,6 +270,22 @@ struct ChildPlan {
 }
 
 /// The child between fork and execve. Async-signal-safe calls only.
+/// Marks every descriptor above 2 close-on-exec, in a forked child just before `execve`:
+/// whatever the agent itself inherited without close-on-exec (nothing as PID 1, but
+/// anything from a test harness) must not reach the program. Async-signal-safe. Failure
+/// (a kernel before 5.11) leaves only that inheritance, so it is not fatal.
+pub(crate) fn cloexec_above_stdio() {
+    // SAFETY: a plain syscall on integers; it only sets flags on descriptors.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+}
+
 fn run_child(plan: &ChildPlan) -> ! {
     let fail = |stage: Stage, errno: i32| -> ! {
         let mut msg = [0u8; 8];
@@ -308,18 +324,7 @@ fn run_child(plan: &ChildPlan) -> ! {
     if plan.controlling_terminal && unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
         fail(Stage::Stdio, errno());
     }
-    // Whatever the agent itself inherited without close-on-exec (nothing as PID 1, but
-    // anything from a test harness) must not reach the program either. Failure (a kernel
-    // before 5.11) leaves only that inheritance, so it is not fatal.
-    // SAFETY: a plain syscall on integers; it only sets flags on descriptors.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
+    cloexec_above_stdio();
     if !plan.root.is_null() {
         // SAFETY: `root` and the literal are NUL-terminated strings alive in this copy.
         if unsafe { libc::chroot(plan.root) } < 0 || unsafe { libc::chdir(c"/".as_ptr()) } < 0 {

@@ -141,15 +141,7 @@ fn run_child(plan: &ChildPlan<'_>) -> ! {
             fail(EXIT_STDIO);
         }
     }
-    // SAFETY: a plain syscall on integers; it only sets flags on descriptors.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
+    crate::exec::cloexec_above_stdio();
     for &fd in plan.inherit.iter().chain([&plan.sync]) {
         // SAFETY: clears close-on-exec of a descriptor this process owns.
         if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
