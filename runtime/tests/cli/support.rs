@@ -565,6 +565,23 @@ impl Terminal {
         assert_eq!(r, 0);
     }
 
+    /// Resizes the terminal and asks the shell on it for `stty size` until the new size
+    /// shows: it reaches the guest's terminal asynchronously.
+    pub fn resize_and_wait(&self, rows: u16, cols: u16, seen: &mut String) {
+        self.resize(rows, cols);
+        let want = format!("{rows} {cols}");
+        let mut tries = 0;
+        while !seen.contains(&want) {
+            tries += 1;
+            assert!(tries < 50, "window size never reached the guest: {seen:?}");
+            self.write("stty size\n");
+            std::thread::sleep(Duration::from_millis(100));
+            let mut more = String::new();
+            self.read_until("$ ", &mut more);
+            seen.push_str(&more);
+        }
+    }
+
     /// Reads until the output so far contains `needle`; returns it all.
     pub fn read_until(&self, needle: &str, seen: &mut String) {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};

@@ -34,18 +34,7 @@ fn an_interactive_shell_runs_on_the_console_socket_pty_and_follows_resizes() {
     term.read_until("42", &mut seen);
     term.write("test -t 0 && echo on-a-tty\n");
     term.read_until("on-a-tty\r\n", &mut seen);
-    term.resize(33, 101);
-    // The size reaches the guest's terminal asynchronously: ask until it shows.
-    let mut tries = 0;
-    while !seen.contains("33 101") {
-        tries += 1;
-        assert!(tries < 50, "window size never reached the guest: {seen:?}");
-        term.write("stty size\n");
-        std::thread::sleep(Duration::from_millis(100));
-        let mut more = String::new();
-        term.read_until("$ ", &mut more);
-        seen.push_str(&more);
-    }
+    term.resize_and_wait(33, 101, &mut seen);
     term.write("exit 7\n");
     assert_eq!(wait_exit_status(c.pid, EXIT), 7);
     env.ok(["delete", &id]);
@@ -121,17 +110,7 @@ fn run_in_the_foreground_uses_the_callers_terminal() {
     let mut seen = String::new();
     term.write("echo $((6 * 7))\n");
     term.read_until("42", &mut seen);
-    term.resize(33, 101);
-    let mut tries = 0;
-    while !seen.contains("33 101") {
-        tries += 1;
-        assert!(tries < 50, "window size never reached the guest: {seen:?}");
-        term.write("stty size\n");
-        std::thread::sleep(Duration::from_millis(100));
-        let mut more = String::new();
-        term.read_until("$ ", &mut more);
-        seen.push_str(&more);
-    }
+    term.resize_and_wait(33, 101, &mut seen);
     term.write("exit 3\n");
     let deadline = std::time::Instant::now() + EXIT;
     let status = loop {
