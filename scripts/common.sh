@@ -24,12 +24,10 @@ husk_build() {
     export HUSK_KERNEL HUSK_INITRD
 }
 
-# husk_busybox_image DIR [FILE...]: a busybox ext4 image at DIR/busybox.img with every applet
-# linked in /bin and each FILE copied to the image's root. Prints the image path.
-husk_busybox_image() {
-    local dir=$1 rootfs=$1/rootfs applet
-    shift
-    rm -rf "$rootfs"
+# husk_busybox_tree ROOTFS: static busybox in ROOTFS/bin with every applet linked, the
+# usual top-level directories, and a root user in /etc/passwd and /etc/group.
+husk_busybox_tree() {
+    local rootfs=$1 applet
     mkdir -p "$rootfs"/{bin,proc,sys,dev,tmp,run,etc,root}
     cp /bin/busybox "$rootfs/bin/busybox"
     for applet in $(/bin/busybox --list); do
@@ -37,6 +35,15 @@ husk_busybox_image() {
     done
     echo "root:x:0:0:root:/root:/bin/sh" >"$rootfs/etc/passwd"
     echo "root:x:0:" >"$rootfs/etc/group"
+}
+
+# husk_busybox_image DIR [FILE...]: a busybox ext4 image at DIR/busybox.img (its tree left in
+# DIR/rootfs) with each FILE copied to the image's root. Prints the image path.
+husk_busybox_image() {
+    local dir=$1 rootfs=$1/rootfs
+    shift
+    rm -rf "$rootfs"
+    husk_busybox_tree "$rootfs"
     [ $# -eq 0 ] || cp "$@" "$rootfs/"
     target/release/husk-rootfs-builder ext4 --from "$rootfs" --out "$dir/busybox.img" >/dev/null
     echo "$dir/busybox.img"

@@ -5,6 +5,7 @@
 # OUT_DIR/busybox-docker.tar (docker-archive, for `docker load`), both tagged
 # localhost/busybox:latest, and prints OUT_DIR. Rebuilt only when busybox changes.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../../scripts/common.sh"
 out=${1:?usage: build-image.sh OUT_DIR}
 mkdir -p "$out"
 stamp="$out/.busybox-$(sha256sum /bin/busybox | cut -c1-16)"
@@ -17,14 +18,7 @@ trap 'rm -rf "$work"' EXIT
 umoci init --layout "$work/oci"
 umoci new --image "$work/oci:latest"
 umoci unpack --rootless --image "$work/oci:latest" "$work/bundle" >/dev/null
-rootfs="$work/bundle/rootfs"
-mkdir -p "$rootfs"/{bin,etc,proc,sys,dev,tmp,root}
-cp /bin/busybox "$rootfs/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [ -e "$rootfs/bin/$applet" ] || ln -s busybox "$rootfs/bin/$applet"
-done
-echo "root:x:0:0:root:/root:/bin/sh" >"$rootfs/etc/passwd"
-echo "root:x:0:" >"$rootfs/etc/group"
+husk_busybox_tree "$work/bundle/rootfs"
 umoci repack --image "$work/oci:latest" "$work/bundle" >/dev/null
 umoci config --image "$work/oci:latest" --config.cmd /bin/sh \
     --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin >/dev/null
