@@ -175,7 +175,7 @@ pub fn write_boot_params(
         params.e820_table[i] = boot_e820_entry {
             addr: *addr,
             size: *size,
-            r#type: *type_,
+            type_: *type_,
         };
     }
     params.e820_entries = e820.len() as u8;

@@ -543,7 +543,7 @@ impl Connection {
 mod tests {
     use super::*;
     use std::io::Read;
-    use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+    use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap};
 
     fn guest_bytes<'a>(mem: &'a GuestMemoryMmap, data: &[u8]) -> VolatileSlice<'a, ()> {
         let s = mem.get_slice(GuestAddress(0), data.len()).unwrap();

@@ -7,7 +7,7 @@
 
 use virtio_queue::DescriptorChain;
 use virtio_vsock::packet::{Error as PacketError, VsockPacket, PKT_HEADER_SIZE};
-use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap, VolatileSlice};
 
 /// The host's CID: every packet the device sends comes from it, every packet the guest
 /// sends must go to it.
