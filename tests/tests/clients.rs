@@ -604,9 +604,14 @@ fn shim_v2_runs_a_container_and_returns_its_exit_status() {
         .ctr_run_shim()
         .args(["--rm", IMAGE, "shim-echo", "echo", "hello"]));
     assert_eq!(stdout(&o), "hello");
-    let o = run(c
-        .ctr_run_shim()
-        .args(["--rm", IMAGE, "shim-exit", "sh", "-c", "echo err >&2; exit 3"]));
+    let o = run(c.ctr_run_shim().args([
+        "--rm",
+        IMAGE,
+        "shim-exit",
+        "sh",
+        "-c",
+        "echo err >&2; exit 3",
+    ]));
     assert_eq!(o.status.code(), Some(3), "{}", show(&o));
     assert_eq!(String::from_utf8_lossy(&o.stderr).trim(), "err");
     // Nothing is left of either container.
@@ -652,8 +657,7 @@ fn shim_v2_exec_ps_pause_kill_and_events_in_order() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    ok(c
-        .ctr_run_shim()
+    ok(c.ctr_run_shim()
         .args(["-d", IMAGE, "shim-ev", "sleep", "1000"]));
     c.wait_task_status("shim-ev", "RUNNING");
     let o = run(c.ctr().args([
@@ -679,7 +683,10 @@ fn shim_v2_exec_ps_pause_kill_and_events_in_order() {
     let sandbox = c.task_pid("shim-ev");
     ok(c.ctr().args(["task", "rm", "shim-ev"]));
     ok(c.ctr().args(["containers", "rm", "shim-ev"]));
-    assert!(!pid_alive(sandbox), "the sandbox {sandbox} outlived its task");
+    assert!(
+        !pid_alive(sandbox),
+        "the sandbox {sandbox} outlived its task"
+    );
     std::thread::sleep(Duration::from_millis(500));
     let _ = events.kill();
     let out = events.wait_with_output().unwrap();
@@ -712,8 +719,7 @@ fn shim_v2_exec_ps_pause_kill_and_events_in_order() {
 #[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
 fn shim_v2_killed_shim_is_cleaned_up_by_containerd() {
     let c = Containerd::start();
-    ok(c
-        .ctr_run_shim()
+    ok(c.ctr_run_shim()
         .args(["-d", IMAGE, "shim-k9", "sleep", "1000"]));
     c.wait_task_status("shim-k9", "RUNNING");
     let sandbox = c.task_pid("shim-k9");
@@ -750,9 +756,80 @@ fn shim_v2_killed_shim_is_cleaned_up_by_containerd() {
     while pid_alive(sandbox) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!pid_alive(sandbox), "the sandbox {sandbox} outlived its shim");
+    assert!(
+        !pid_alive(sandbox),
+        "the sandbox {sandbox} outlived its shim"
+    );
     if shim_runtime().contains("husk") {
         let state = Path::new("/run/containerd/husk/default/shim-k9");
         assert!(!state.exists(), "{} was left behind", state.display());
     }
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn shim_v2_reports_stats_and_oom_kills() {
+    let c = Containerd::start();
+    let mut events = c
+        .ctr()
+        .arg("events")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    ok(c.ctr_run_shim().args([
+        "-d",
+        "--memory-limit",
+        "67108864",
+        IMAGE,
+        "shim-oom",
+        "sleep",
+        "1000",
+    ]));
+    c.wait_task_status("shim-oom", "RUNNING");
+    let o = ok(c
+        .ctr()
+        .args(["task", "metrics", "--format", "json", "shim-oom"]));
+    let metrics: serde_json::Value = serde_json::from_str(&stdout(&o))
+        .unwrap_or_else(|e| panic!("metrics are not JSON ({e}): {}", show(&o)));
+    let data = metrics.get("Data").unwrap_or(&metrics);
+    let usage = data["memory"]["usage"].as_u64().unwrap_or(0);
+    let limit = data["memory"]["usage_limit"].as_u64().unwrap_or(0);
+    let pids = data["pids"]["current"].as_u64().unwrap_or(0);
+    assert!(usage > 0, "memory usage: {metrics}");
+    assert_eq!(limit, 67108864, "memory limit: {metrics}");
+    assert!(pids >= 1, "pids: {metrics}");
+    // A process that outgrows the container's memory limit is OOM-killed in the guest.
+    let o = run(c.ctr().args([
+        "task",
+        "exec",
+        "--exec-id",
+        "hog",
+        "shim-oom",
+        "sh",
+        "-c",
+        "x=$(yes | head -c 200000000); echo survived",
+    ]));
+    assert_eq!(o.status.code(), Some(137), "OOM-killed: {}", show(&o));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stdout_pipe = events.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout_pipe).lines().map_while(Result::ok) {
+            if line.contains("/tasks/oom") && line.contains("\"shim-oom\"") {
+                let _ = tx.send(line);
+                return;
+            }
+        }
+    });
+    let seen = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(seen.is_ok(), "no /tasks/oom event for shim-oom");
+    ok(c.ctr().args(["task", "kill", "-s", "SIGKILL", "shim-oom"]));
+    c.wait_task_status("shim-oom", "STOPPED");
+    ok(c.ctr().args(["task", "rm", "shim-oom"]));
+    ok(c.ctr().args(["containers", "rm", "shim-oom"]));
 }

@@ -15,6 +15,7 @@ mod io;
 mod process;
 mod rootfs;
 mod service;
+mod stats;
 mod task;
 
 fn main() {

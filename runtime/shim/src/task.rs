@@ -13,7 +13,7 @@ use containerd_shim::api::{self, Status};
 use containerd_shim::event::Event;
 use containerd_shim::monitor::{monitor_subscribe, ExitEvent, Subject, Topic};
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::MessageField;
@@ -229,7 +229,31 @@ impl TaskService {
             },
         );
         self.started(&mut tasks, pid);
+        drop(tasks);
+        self.watch_oom(&req.id);
         Ok(pid)
+    }
+
+    /// Publishes `TaskOOM` whenever the guest OOM-kills a process of the container.
+    fn watch_oom(&self, id: &str) {
+        let Some(agent) = self
+            .with_container(id, |c| Ok(c.dir.load().ok().and_then(|r| r.husk.agent)))
+            .ok()
+            .flatten()
+        else {
+            return;
+        };
+        let (svc, id) = (self.clone(), id.to_owned());
+        let _ = std::thread::Builder::new()
+            .name("oom".into())
+            .spawn(move || {
+                crate::stats::watch_oom(&agent, &id, || {
+                    svc.publish(TaskOOM {
+                        container_id: id.clone(),
+                        ..Default::default()
+                    })
+                })
+            });
     }
 
     fn create_in(
@@ -715,9 +739,19 @@ impl containerd_shim::Task for TaskService {
     fn stats(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::StatsRequest,
+        req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        Err(unimplemented("Stats"))
+        let dir = self.with_container(&req.id, |c| Ok(c.dir.clone()))?;
+        let agent = dir
+            .load()
+            .ok()
+            .and_then(|rec| rec.husk.agent)
+            .ok_or_else(|| precondition(format!("container {:?} has no running VM", req.id)))?;
+        let any = crate::stats::metrics(&agent, &req.id).map_err(to_ttrpc)?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
     }
 
     fn update(&self, _ctx: &TtrpcContext, _req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
