@@ -135,7 +135,10 @@ struct Containerd {
 
 impl Containerd {
     fn start() -> Self {
-        let dir = state_dir("containerd");
+        // A directory per daemon: a failed test's shims and mounts cannot spill over.
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = state_dir(&format!("containerd-{n}"));
         let socket = dir.join("containerd.sock");
         let config = dir.join("config.toml");
         std::fs::write(
@@ -580,6 +583,25 @@ impl Containerd {
         }
     }
 
+    /// containerd's log (the shims log into it) and husk's log of task `id`, for a
+    /// failure message.
+    fn diagnostics(&self, id: &str) -> String {
+        let dir = self.socket.parent().unwrap();
+        let tail = |p: PathBuf| {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(40);
+            format!("--- {}:\n{}", p.display(), lines[from..].join("\n"))
+        };
+        format!(
+            "{}\n{}",
+            tail(dir.join("containerd.log")),
+            tail(dir.join(format!(
+                "state/io.containerd.runtime.v2.task/default/{id}/log.json"
+            )))
+        )
+    }
+
     /// The pid `ctr task ls` shows for `id`.
     fn task_pid(&self, id: &str) -> i32 {
         let o = ok(self.ctr().args(["task", "ls"]));
@@ -616,7 +638,11 @@ fn shim_v2_runs_a_container_and_returns_its_exit_status() {
     assert_eq!(String::from_utf8_lossy(&o.stderr).trim(), "err");
     // Nothing is left of either container.
     let o = ok(c.ctr().args(["containers", "ls", "-q"]));
-    assert_eq!(stdout(&o), "", "containers left: {}", show(&o));
+    assert!(
+        !stdout(&o).lines().any(|l| l.starts_with("shim-")),
+        "containers left: {}",
+        show(&o)
+    );
 }
 
 #[test]
@@ -828,6 +854,16 @@ fn shim_v2_reports_stats_and_oom_kills() {
     let _ = events.kill();
     let _ = events.wait();
     assert!(seen.is_ok(), "no /tasks/oom event for shim-oom");
+    // Only the process that outgrew the limit went: the container runs on.
+    let o = ok(c.ctr().args(["task", "ls"]));
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.starts_with("shim-oom ") && l.contains("RUNNING")),
+        "the container did not survive its exec's OOM kill: {}\n{}",
+        show(&o),
+        c.diagnostics("shim-oom")
+    );
     ok(c.ctr().args(["task", "kill", "-s", "SIGKILL", "shim-oom"]));
     c.wait_task_status("shim-oom", "STOPPED");
     ok(c.ctr().args(["task", "rm", "shim-oom"]));
