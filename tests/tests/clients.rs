@@ -843,7 +843,10 @@ fn shim_v2_reports_stats_and_oom_kills() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout_pipe).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout_pipe)
+            .lines()
+            .map_while(Result::ok)
+        {
             if line.contains("/tasks/oom") && line.contains("\"shim-oom\"") {
                 let _ = tx.send(line);
                 return;
