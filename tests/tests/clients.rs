@@ -684,7 +684,7 @@ fn shim_v2_exec_ps_pause_kill_and_events_in_order() {
         .spawn()
         .unwrap();
     ok(c.ctr_run_shim()
-        .args(["-d", IMAGE, "shim-ev", "sleep", "1000"]));
+        .args(["-d", IMAGE, "shim-ev", "sleep", "100000"]));
     c.wait_task_status("shim-ev", "RUNNING");
     let o = run(c.ctr().args([
         "task",
@@ -746,7 +746,7 @@ fn shim_v2_exec_ps_pause_kill_and_events_in_order() {
 fn shim_v2_killed_shim_is_cleaned_up_by_containerd() {
     let c = Containerd::start();
     ok(c.ctr_run_shim()
-        .args(["-d", IMAGE, "shim-k9", "sleep", "1000"]));
+        .args(["-d", IMAGE, "shim-k9", "sleep", "100000"]));
     c.wait_task_status("shim-k9", "RUNNING");
     let sandbox = c.task_pid("shim-k9");
     let shim_name = if shim_runtime().contains("husk") {
