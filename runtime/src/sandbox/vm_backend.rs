@@ -77,6 +77,7 @@ impl VmBackend {
                 guest_cid: GUEST_CID,
                 uds_path: spec.sockets.socket(ContainerDir::VSOCK_SOCKET),
             }),
+            fs: None,
             serial_log: spec.debug.then(|| spec.dir.join("console.log")),
         };
         let vm = husk_vmm::start_vm(&config).context("starting the microVM")?;

@@ -163,6 +163,28 @@ pub fn isolate_fs_context() -> std::io::Result<()> {
     Ok(())
 }
 
+/// The passthrough file system keeps a descriptor for every inode the guest knows (a
+/// directory of 10,000 files the guest lists is 10,000 descriptors): take the whole hard
+/// limit, as virtiofsd does.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write the one struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                warn!(
+                    "virtio-fs: cannot raise the open file limit to {}",
+                    lim.rlim_max
+                );
+            }
+        }
+    }
+}
+
 impl Fs {
     /// A device exporting `config.shared_dir` as `config.tag`; its worker thread starts now
     /// and waits for the guest's driver.
@@ -172,6 +194,7 @@ impl Fs {
             return Err(FsError::Tag(config.tag.clone()));
         }
         let server = file_server(config)?;
+        raise_open_file_limit();
         let mut space = [0u8; TAG_LEN + 4];
         space[..tag.len()].copy_from_slice(tag);
         // num_request_queues

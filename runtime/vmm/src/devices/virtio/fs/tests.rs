@@ -906,12 +906,19 @@ fn activation_needs_both_queues_ready() {
 // ------------------------------------------------------------------ fuzz smoke
 
 /// The corpus under fuzz/corpus/virtio_fs, the built-in seeds, and deterministic mutations
-/// of them, for a few seconds: what `scripts/fuzz.sh` runs for as long as it is told.
+/// of them, for a few seconds (`scripts/fuzz.sh` runs the real fuzzer for as long as it is
+/// told). `HUSK_FUZZ_WRITE_SEEDS=1` writes the seeds into the corpus.
 #[test]
 fn fuzz_target_smoke() {
     let corpus =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/virtio_fs");
     let mut inputs = fuzzing::seeds();
+    if std::env::var_os("HUSK_FUZZ_WRITE_SEEDS").is_some() {
+        fs::create_dir_all(&corpus).unwrap();
+        for (i, seed) in inputs.iter().enumerate() {
+            fs::write(corpus.join(format!("seed-{i}")), seed).unwrap();
+        }
+    }
     if let Ok(dir) = fs::read_dir(&corpus) {
         for e in dir.flatten() {
             inputs.push(fs::read(e.path()).unwrap());
@@ -938,9 +945,6 @@ fn fuzz_target_smoke() {
             }
             let i = rand() as usize % input.len();
             input[i] = rand() as u8;
-        }
-        if let Some(dump) = std::env::var_os("HUSK_FUZZ_DUMP") {
-            fs::write(dump, &input).unwrap();
         }
         fuzzing::run(&input);
         runs += 1;
