@@ -222,8 +222,10 @@ impl Sandbox {
                 device: backend.root_device(),
                 fstype: "ext4".into(),
                 readonly,
-            },
+            }
+            .into(),
             stdio: io.spec(CONTAINER_STDIO_PORT),
+            shared: None,
         });
         let (guest_pid, streams) = start_process(
             &agent,
