@@ -57,10 +57,11 @@ pub fn require_process_backend() {
     );
 }
 
-/// A private `--root` and log file.
+/// A private `--root`, log file and layer cache.
 pub struct Env {
     root: TempDir,
     log: PathBuf,
+    cache: TempDir,
 }
 
 impl Env {
@@ -71,7 +72,16 @@ impl Env {
             .tempdir()
             .unwrap();
         let log = root.path().join("log.json");
-        Self { root, log }
+        let cache = tempfile::Builder::new()
+            .prefix("husk-test-layers-")
+            .tempdir()
+            .unwrap();
+        Self { root, log, cache }
+    }
+
+    /// The layer cache this environment's husk uses.
+    pub fn cache(&self) -> &Path {
+        self.cache.path()
     }
 
     pub fn root(&self) -> &Path {
@@ -89,6 +99,7 @@ impl Env {
             .arg("json")
             .env("HUSK_SANDBOX_BACKEND", "process")
             .env("HUSK_AGENT_BIN", agent_bin())
+            .env("HUSK_LAYER_CACHE", self.cache.path())
             .env_remove("HUSK_LOG")
             .stdin(Stdio::null());
         c
@@ -173,7 +184,15 @@ impl Env {
         loop {
             let mut procs = processes_mentioning(&dir_marker);
             procs.extend(processes_mentioning(&id_marker));
-            let loops = loop_devices_backed_under(&dir);
+            let mut loops = loop_devices_backed_under(&dir);
+            // Layer images are shared: they are this container's only once no other
+            // container of this environment is left.
+            let others = std::fs::read_dir(self.root())
+                .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+                .unwrap_or(0);
+            if others == 0 {
+                loops.extend(loop_devices_backed_under(self.cache.path()));
+            }
             let mounts = mounts_under(&dir);
             if procs.is_empty() && loops.is_empty() && mounts.is_empty() {
                 return;

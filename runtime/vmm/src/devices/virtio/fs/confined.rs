@@ -26,6 +26,10 @@
 //!   while the handle still owns it: the number is reused and later closed again, so a
 //!   guest could make the server act on a descriptor that is not the one it thinks. Each
 //!   handle keeps the flags it was opened with.
+//! - Sizes the passthrough file system allocates by: a GETXATTR, LISTXATTR, READDIR or
+//!   READDIRPLUS asks for up to 4 GiB and 0.14 reserves that much before the system call
+//!   says how much there is (found by the fuzzer). Xattrs and xattr lists never exceed
+//!   64 KiB, and a directory read fills at most the 1 MiB a FUSE request carries.
 //!
 //! Read-only shares are enforced below this layer, by the host kernel: each share is a
 //! bind mount, read-only ones mounted `MS_RDONLY`, and every one `nosuid` and `nodev`.
@@ -72,6 +76,11 @@ fn guarded_xattr(name: &[u8]) -> Option<bool> {
         None
     }
 }
+
+/// The largest xattr value and xattr name list Linux has (XATTR_SIZE_MAX, XATTR_LIST_MAX).
+const XATTR_MAX: u32 = 64 * 1024;
+/// The most a directory read returns (a FUSE request's 1 MiB buffer).
+const DIR_READ_MAX: u32 = 1 << 20;
 
 /// Open flags a guest may ask for: access mode and file status flags.
 const OPEN_FLAGS: i32 = libc::O_ACCMODE
@@ -484,11 +493,11 @@ impl FileSystem for ShareFs {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        self.inner.getxattr(ctx, inode, name, size)
+        self.inner.getxattr(ctx, inode, name, size.min(XATTR_MAX))
     }
 
     fn listxattr(&self, ctx: &Context, inode: Inode, size: u32) -> io::Result<ListxattrReply> {
-        self.inner.listxattr(ctx, inode, size)
+        self.inner.listxattr(ctx, inode, size.min(XATTR_MAX))
     }
 
     fn removexattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
@@ -518,8 +527,14 @@ impl FileSystem for ShareFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.inner
-            .readdir(ctx, inode, handle, size, offset, add_entry)
+        self.inner.readdir(
+            ctx,
+            inode,
+            handle,
+            size.min(DIR_READ_MAX),
+            offset,
+            add_entry,
+        )
     }
 
     fn readdirplus(
@@ -535,7 +550,7 @@ impl FileSystem for ShareFs {
             ctx,
             inode,
             handle,
-            size,
+            size.min(DIR_READ_MAX),
             offset,
             &mut |dirent, mut entry| {
                 if is_dot(dirent.name) {

@@ -642,6 +642,105 @@ fn huge_reads_and_writes_are_bounded_by_the_chain() {
     g.0.check();
 }
 
+/// Runs `f` in a child process whose address space is capped at `limit` bytes above what
+/// this one uses: an allocation the cap cannot hold aborts the child. Returns whether the
+/// child finished normally.
+fn within_address_space(limit: u64, f: impl FnOnce()) -> bool {
+    let vsz: u64 = fs::read_to_string("/proc/self/stat")
+        .unwrap()
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(20)
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: the child only runs `f` (requests on this thread's harness) and exits.
+    match unsafe { libc::fork() } {
+        0 => {
+            let cap = libc::rlimit {
+                rlim_cur: vsz + limit,
+                rlim_max: vsz + limit,
+            };
+            // SAFETY: setrlimit reads the one struct passed; _exit ends the child.
+            unsafe {
+                libc::setrlimit(libc::RLIMIT_AS, &cap);
+            }
+            f();
+            // SAFETY: as above.
+            unsafe { libc::_exit(0) }
+        }
+        pid => {
+            let mut status = 0;
+            // SAFETY: waits for the child just forked.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+        }
+    }
+}
+
+#[test]
+fn sizes_the_server_would_allocate_by_are_bounded() {
+    // fuse-backend-rs 0.14 reserves what GETXATTR, LISTXATTR and READDIR ask for before
+    // the system call (found by the fuzzer: a 3.4 GB GETXATTR).
+    let g = Guest::new();
+    let file = g.node("vol/file");
+    assert_eq!(g.setxattr(file, "user.k", b"v"), 0);
+    let survived = within_address_space(1 << 30, || {
+        let r = g.call(
+            Opcode::Getxattr,
+            file,
+            &[
+                &bytes(&GetxattrIn {
+                    size: u32::MAX,
+                    padding: 0,
+                }),
+                &cstr("user.k"),
+            ],
+        );
+        assert_eq!((r.error, r.body.as_slice()), (0, &b"v"[..]));
+        let r = g.call(
+            Opcode::Listxattr,
+            file,
+            &[&bytes(&GetxattrIn {
+                size: 0xfff0_0000,
+                padding: 0,
+            })],
+        );
+        assert_eq!(r.error, 0);
+    });
+    assert!(survived, "a 4 GiB xattr request did not fit in 1 GiB");
+    // A directory read asking for 150 MiB, with a chain that has that much room (the
+    // same guest memory described again and again), returns at most a request's 1 MiB.
+    let host = g.0.path("shared/vol/long-names");
+    fs::create_dir(&host).unwrap();
+    for i in 0..6000 {
+        fs::File::create(host.join(format!("{i:05}-{}", "n".repeat(200)))).unwrap();
+    }
+    let dir = g.node("vol/long-names");
+    let fh = g
+        .call(Opcode::Opendir, dir, &[&bytes(&OpenIn::default())])
+        .obj::<OpenOut>()
+        .fh;
+    let req = message(
+        Opcode::Readdir,
+        dir,
+        &[&bytes(&ReadIn {
+            fh,
+            size: 150 << 20,
+            ..Default::default()
+        })],
+    );
+    g.0.mem.write_slice(&req, GuestAddress(REQ_ADDR)).unwrap();
+    let mut descs = vec![Harness::desc(REQ_ADDR, req.len() as u32, false)];
+    descs.extend((0..250).map(|_| Harness::desc(OUT_ADDR, 0xb_0000, true)));
+    let used = g.0.serve(&descs);
+    assert!(used > 1000 && used <= (1 << 20) + 16, "used {used}");
+    fs::remove_dir_all(&host).unwrap();
+    g.0.check();
+}
+
 #[test]
 fn malformed_chains_get_nothing_and_never_panic() {
     let h = Harness::new();
