@@ -47,18 +47,32 @@ pub fn build_erofs(from: &Path, out: &Path) -> Result<(), ErofsError> {
     if !from.is_dir() {
         return Err(ErofsError::NotADirectory(from.to_owned()));
     }
+    build_erofs_with(from, out, || Ok(()))
+}
+
+/// [`build_erofs`], with `setup` run in the mkfs process before it starts (in the forked
+/// child: async-signal-safe calls only), e.g. to mount `from` in a namespace of its own.
+pub fn build_erofs_with(
+    from: &Path,
+    out: &Path,
+    setup: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+) -> Result<(), ErofsError> {
+    use std::os::unix::process::CommandExt;
     let mkfs = find_tool("mkfs.erofs").ok_or(ErofsError::MkfsMissing)?;
     let write_err = |source| ErofsError::Write {
         path: out.to_owned(),
         source,
     };
     let pending = PendingOutput::new(out).map_err(write_err)?;
-    let output = Command::new(&mkfs)
-        .args(["--quiet", "--preserve-mtime"])
+    let mut cmd = Command::new(&mkfs);
+    cmd.args(["--quiet", "--preserve-mtime"])
         .arg(pending.path())
-        .arg(from)
-        .output()
-        .map_err(write_err)?;
+        .arg(from);
+    // SAFETY: `setup` is documented to make only async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(setup);
+    }
+    let output = cmd.output().map_err(write_err)?;
     if !output.status.success() {
         return Err(ErofsError::MkfsFailed {
             from: from.to_owned(),

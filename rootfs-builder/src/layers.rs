@@ -17,6 +17,10 @@
 //!   reads even if it is evicted meanwhile.
 //! - **Eviction.** After a build, least recently used images (by mtime, touched at each
 //!   use) that nobody holds are removed until the cache is under its size cap.
+//! - **Squashing.** A VM has a limited number of disk slots: the bottom layers of an image
+//!   with more layers than that become one image ([`LayerCache::get_squashed`]), built
+//!   from a read-only overlayfs mount of them (in a mount namespace of the builder's own,
+//!   gone with it) and keyed by their keys.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -26,7 +30,7 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::erofs::{build_erofs, ErofsError};
+use crate::erofs::{build_erofs, build_erofs_with, ErofsError};
 
 /// Bumped when what an image holds for a given key changes (the key says so).
 const FORMAT: &str = "husk-erofs-1";
@@ -201,6 +205,17 @@ impl LayerCache {
         let started = Instant::now();
         let key = layer_key(layer)?;
         let key_ms = started.elapsed().as_millis() as u64;
+        self.get_keyed(key, key_ms, |out| build_erofs(layer, out))
+    }
+
+    /// The image for `key`, made by `build` (into the path it is given) if the cache has
+    /// none.
+    fn get_keyed(
+        &self,
+        key: String,
+        key_ms: u64,
+        build: impl FnOnce(&Path) -> Result<(), ErofsError>,
+    ) -> Result<CachedLayer, LayerError> {
         let path = self.image_path(&key);
         if let Some(file) = self.open_existing(&key)? {
             return Ok(CachedLayer {
@@ -226,7 +241,7 @@ impl LayerCache {
             Some(f) => (f, false, 0),
             None => {
                 let started = Instant::now();
-                build_erofs(layer, &path)?;
+                build(&path)?;
                 let dir = File::open(&self.dir).map_err(cache_err(&self.dir))?;
                 dir.sync_all().map_err(cache_err(&self.dir))?;
                 let file = self
@@ -248,6 +263,21 @@ impl LayerCache {
             build_ms,
             file,
         })
+    }
+
+    /// One image of the layers `dirs` (topmost first) merged, as overlayfs shows them:
+    /// their whiteouts and opaque directories are applied, so the image has none.
+    pub fn get_squashed(&self, dirs: &[PathBuf]) -> Result<CachedLayer, LayerError> {
+        let started = Instant::now();
+        let mut h = Sha256::new();
+        h.update(b"squashed:");
+        for d in dirs {
+            h.update(layer_key(d)?.as_bytes());
+            h.update([0]);
+        }
+        let key: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let key_ms = started.elapsed().as_millis() as u64;
+        self.get_keyed(key, key_ms, |out| build_squashed(dirs, out))
     }
 
     /// Removes builders' leftovers and, least recently used first, images nobody holds
@@ -306,6 +336,85 @@ impl LayerCache {
         }
         drop(guard);
         Ok(removed)
+    }
+}
+
+/// Builds `out` from the read-only overlayfs merge of `dirs` (topmost first), mounted in
+/// a mount namespace of the mkfs process's own: nothing stays mounted whatever happens to
+/// it. The layers are reached through short symlinks in a scratch directory, so that a
+/// hundred long layer paths still fit in the page mount options may take.
+fn build_squashed(dirs: &[PathBuf], out: &Path) -> Result<(), ErofsError> {
+    let io = |source| ErofsError::Write {
+        path: out.to_owned(),
+        source,
+    };
+    let parent = out.parent().unwrap_or(Path::new("."));
+    let scratch = tempfile_dir(parent).map_err(io)?;
+    let links = scratch.path.join("l");
+    let merged = scratch.path.join("m");
+    std::fs::create_dir_all(&links).map_err(io)?;
+    std::fs::create_dir_all(&merged).map_err(io)?;
+    for (i, d) in dirs.iter().enumerate() {
+        std::os::unix::fs::symlink(d, links.join(i.to_string())).map_err(io)?;
+    }
+    let lowerdir = (0..dirs.len())
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let data = std::ffi::CString::new(format!("lowerdir={lowerdir}")).map_err(|e| io(e.into()))?;
+    let links_c =
+        std::ffi::CString::new(links.as_os_str().as_encoded_bytes()).map_err(|e| io(e.into()))?;
+    let merged_c =
+        std::ffi::CString::new(merged.as_os_str().as_encoded_bytes()).map_err(|e| io(e.into()))?;
+    build_erofs_with(&merged, out, move || {
+        // SAFETY: runs in the forked child before exec: only system calls, on strings
+        // made before the fork.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                || libc::chdir(links_c.as_ptr()) != 0
+                || libc::mount(
+                    c"overlay".as_ptr(),
+                    merged_c.as_ptr(),
+                    c"overlay".as_ptr(),
+                    libc::MS_RDONLY,
+                    data.as_ptr().cast(),
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A directory removed when dropped.
+struct TempDir {
+    path: PathBuf,
+}
+
+fn tempfile_dir(parent: &Path) -> std::io::Result<TempDir> {
+    std::fs::create_dir_all(parent)?;
+    for n in 0..1000u32 {
+        let path = parent.join(format!(".squash.tmp-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&path) {
+            Ok(()) => return Ok(TempDir { path }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::ErrorKind::AlreadyExists.into())
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
@@ -441,6 +550,54 @@ mod tests {
         let removed = cache.evict().unwrap();
         assert!(!removed.contains(&held.path));
         assert!(std::fs::metadata(held.fd_path()).is_ok());
+    }
+
+    #[test]
+    fn squashed_layers_merge_whiteouts_away_and_are_reused() {
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "this test mounts and needs root"
+        );
+        let t = tempfile::tempdir().unwrap();
+        let (top, base) = (t.path().join("top"), t.path().join("base"));
+        std::fs::create_dir_all(base.join("etc")).unwrap();
+        std::fs::write(base.join("etc/a"), "a").unwrap();
+        std::fs::write(base.join("etc/b"), "b").unwrap();
+        std::fs::create_dir_all(top.join("etc")).unwrap();
+        std::fs::write(top.join("etc/c"), "c").unwrap();
+        // A whiteout for etc/a.
+        let wh = std::ffi::CString::new(top.join("etc/a").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path and integers.
+        assert_eq!(unsafe { libc::mknod(wh.as_ptr(), libc::S_IFCHR, 0) }, 0);
+        let cache = LayerCache::new(t.path().join("cache"), 1 << 30);
+        let dirs = [top.clone(), base.clone()];
+        let a = cache.get_squashed(&dirs).unwrap();
+        assert!(a.built);
+        assert!(!cache.get_squashed(&dirs).unwrap().built, "reused");
+        // The image holds the merged view: b and c, no a, no whiteout.
+        let mnt = t.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let o = std::process::Command::new("mount")
+            .args(["-t", "erofs", "-o", "ro,loop"])
+            .arg(&a.path)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mut names: Vec<_> = std::fs::read_dir(mnt.join("etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let _ = std::process::Command::new("umount").arg(&mnt).status();
+        assert_eq!(names, ["b", "c"]);
+        // Nothing mounted or left behind in the cache directory.
+        let left: Vec<_> = std::fs::read_dir(cache.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains("squash"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod initramfs;
 pub mod layers;
 mod output;
 
-pub use erofs::{build_erofs, ErofsError};
+pub use erofs::{build_erofs, build_erofs_with, ErofsError};
 pub use ext4::{build_ext4, create_scratch, Ext4Error, Ext4Image, Ext4Options};
 pub use initramfs::{build_initramfs, InitramfsError};
 pub use layers::{layer_key, CachedLayer, LayerCache, LayerError};

@@ -280,3 +280,33 @@ fn an_overlay_bundle_runs_on_its_layers_and_its_changes_land_in_the_upper_layer(
     env.ok(["delete", &id2]);
     env.assert_nothing_left(&id2);
 }
+
+#[test]
+fn an_image_deeper_than_the_disk_slots_runs_with_its_bottom_layers_squashed() {
+    become_subreaper();
+    let env = Env::new();
+    let base_bundle = Bundle::new(&["true"]);
+    let base = base_bundle.path().join("rootfs");
+    let layers = tempfile::tempdir().unwrap();
+    let mut dirs = Vec::new();
+    for i in 0..15 {
+        let d = layers.path().join(format!("layer{i}"));
+        std::fs::create_dir_all(d.join("etc")).unwrap();
+        std::fs::write(d.join(format!("etc/from-layer-{i:02}")), "").unwrap();
+        dirs.push(d);
+    }
+    let mut lowers: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+    lowers.push(&base);
+    let ov = OverlayBundle::new(&["sh", "-c", "ls /etc | grep -c from-layer"], &lowers);
+    let id = unique_id("deep");
+    let c = env.create_started(&id, &ov.bundle);
+    assert_eq!(wait_exit_status(c.pid, EXIT), 0, "{}", c.stderr());
+    assert_eq!(c.stdout(), "15\n", "every layer's file is there");
+    assert_eq!(
+        images(env.cache()).len(),
+        husk_runtime::rootfs::MAX_LAYERS,
+        "the bottom layers became one image"
+    );
+    env.ok(["delete", &id]);
+    env.assert_nothing_left(&id);
+}

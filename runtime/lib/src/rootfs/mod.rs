@@ -28,6 +28,10 @@ pub const DEFAULT_CACHE_DIR: &str = "/var/lib/husk/layers";
 pub const DEFAULT_CACHE_MIB: u64 = 10 * 1024;
 /// The writable layer's size unless `HUSK_SCRATCH_MIB` says otherwise.
 pub const DEFAULT_SCRATCH_MIB: u64 = 8 * 1024;
+/// The most layer disks a VM gets: what its virtio slots leave after vsock, virtio-fs,
+/// the scratch disk and network devices. The bottom layers of a deeper image are
+/// squashed into one image (cached like the others).
+pub const MAX_LAYERS: usize = 12;
 /// The scratch disk's name in the state directory.
 pub const SCRATCH_IMAGE: &str = "scratch.img";
 
@@ -74,8 +78,13 @@ pub fn layer_dirs(rootfs: &Path) -> Result<(Vec<PathBuf>, Vec<String>)> {
     let Some(ov) = overlay::layers_at(&mounts, rootfs) else {
         return Ok((vec![rootfs.to_owned()], Vec::new()));
     };
+    // Docker and podman name layers through short symlinks (`l/ABC -> ../<id>/diff`):
+    // the key and the image are of the directory itself.
+    let real = |p: PathBuf| {
+        std::fs::canonicalize(&p).with_context(|| format!("resolving layer {}", p.display()))
+    };
     let mut dirs = Vec::new();
-    if let Some(upper) = ov.upper {
+    if let Some(upper) = ov.upper.map(real).transpose()? {
         let empty = std::fs::read_dir(&upper)
             .with_context(|| format!("reading {}", upper.display()))?
             .next()
@@ -84,7 +93,9 @@ pub fn layer_dirs(rootfs: &Path) -> Result<(Vec<PathBuf>, Vec<String>)> {
             dirs.push(upper);
         }
     }
-    dirs.extend(ov.lowers);
+    for lower in ov.lowers {
+        dirs.push(real(lower)?);
+    }
     Ok((dirs, ov.options))
 }
 
@@ -95,7 +106,19 @@ pub fn prepare(rootfs: &Path, state_dir: &Path, readonly: bool) -> Result<RootLa
     let (dirs, overlay_options) = layer_dirs(rootfs)?;
     let cache = layer_cache();
     let mut layers = Vec::new();
-    for dir in &dirs {
+    let (separate, squashed) = dirs.split_at(dirs.len().min(MAX_LAYERS - 1));
+    let squashed = if squashed.len() > 1 {
+        squashed
+    } else {
+        // One left over fits in the last slot as it is.
+        &[][..]
+    };
+    let separate = if squashed.is_empty() {
+        &dirs[..]
+    } else {
+        separate
+    };
+    for dir in separate {
         let layer = cache
             .get(dir)
             .with_context(|| format!("preparing the root layer {}", dir.display()))?;
@@ -106,6 +129,18 @@ pub fn prepare(rootfs: &Path, state_dir: &Path, readonly: bool) -> Result<RootLa
             key_ms = layer.key_ms,
             build_ms = layer.build_ms,
             "root layer"
+        );
+        layers.push(layer);
+    }
+    if !squashed.is_empty() {
+        let layer = cache
+            .get_squashed(squashed)
+            .with_context(|| format!("squashing the bottom {} root layers", squashed.len()))?;
+        tracing::debug!(
+            layers = squashed.len(),
+            key = %layer.key,
+            built = layer.built,
+            "squashed root layers"
         );
         layers.push(layer);
     }
