@@ -554,10 +554,9 @@ mod tests {
 
     #[test]
     fn squashed_layers_merge_whiteouts_away_and_are_reused() {
-        assert!(
-            unsafe { libc::geteuid() } == 0,
-            "this test mounts and needs root"
-        );
+        // SAFETY: geteuid has no arguments and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(euid, 0, "this test mounts and needs root");
         let t = tempfile::tempdir().unwrap();
         let (top, base) = (t.path().join("top"), t.path().join("base"));
         std::fs::create_dir_all(base.join("etc")).unwrap();
