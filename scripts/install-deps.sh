@@ -9,7 +9,7 @@ if ! command -v cargo >/dev/null; then
 fi
 
 packages=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio
-          busybox-static e2fsprogs erofs-utils kmod zstd xz-utils python3
+          busybox-static e2fsprogs erofs-utils kmod zstd xz-utils python3 debootstrap
           # container clients for the VM tier's client tests, and the image tools they use
           containerd runc crun runsc podman conmon containernetworking-plugins docker.io
           umoci skopeo)
