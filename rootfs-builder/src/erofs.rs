@@ -68,9 +68,18 @@ pub fn build_erofs_with(
     cmd.args(["--quiet", "--preserve-mtime"])
         .arg(pending.path())
         .arg(from);
-    // SAFETY: `setup` is documented to make only async-signal-safe calls.
+    let mut setup = setup;
+    // SAFETY: prctl with integer arguments; `setup` is documented to make only
+    // async-signal-safe calls.
     unsafe {
-        cmd.pre_exec(setup);
+        cmd.pre_exec(move || {
+            // A builder killed half-way takes mkfs with it: its temporary file is all
+            // that is left, and the cache's eviction removes that.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            setup()
+        });
     }
     let output = cmd.output().map_err(write_err)?;
     if !output.status.success() {
