@@ -14,7 +14,7 @@
 
 Prints tables with ratios and writes JSON to --out.
 """
-import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, atexit, json, os, shutil, statistics, subprocess, sys, tempfile, time
 
 
 def sh(*args, check=True, **kw):
@@ -186,6 +186,20 @@ def volume_io(a, layers, work, rounds):
     return res
 
 
+def unmount_under(path):
+    """Lazily unmounts every mount at or below `path` (bundles left by an earlier run)."""
+    with open("/proc/self/mountinfo") as f:
+        points = [l.split()[4] for l in f]
+    for p in sorted((p for p in points if p == path or p.startswith(path + "/")),
+                    key=len, reverse=True):
+        subprocess.run(["umount", "-l", p], stderr=subprocess.DEVNULL)
+
+
+def clean(work):
+    unmount_under(work)
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--husk", required=True)
@@ -197,8 +211,9 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--work-dir", default="/run/husk-bench-storage")
     a = ap.parse_args()
-    shutil.rmtree(a.work_dir, ignore_errors=True)
+    clean(a.work_dir)
     os.makedirs(a.work_dir)
+    atexit.register(clean, a.work_dir)
     layers = make_layers(a.work_dir, a.base_rootfs, a.debian_tar, a.io_tool)
     cc = create_cost(a, layers, a.work_dir, a.rounds)
     io = volume_io(a, layers, a.work_dir, a.rounds)
@@ -224,7 +239,6 @@ def main():
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"create": cc, "io": io, "ratios": ratios}, f, indent=2)
-    shutil.rmtree(a.work_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -64,8 +64,10 @@ fn mount_disk(
     })
 }
 
-/// Mounts `root` at `rootfs` (in the container directory `dir`). On failure everything
-/// mounted so far is unmounted again.
+/// Mounts `root` at `rootfs` (in the container directory `dir`); `readonly` applies to a
+/// single-disk root (a layered root without a scratch disk is read-only anyway, one with
+/// a scratch disk is made read-only by the container's setup, after its mounts). On
+/// failure everything mounted so far is unmounted again.
 pub fn mount_root(
     root: &ContainerRoot,
     dir: &Path,
@@ -79,7 +81,7 @@ pub fn mount_root(
         }
         ContainerRoot::Layers(layers) => {
             let mut mounted = MountedRoot::default();
-            match mount_layers(layers, dir, rootfs, readonly, &mut mounted) {
+            match mount_layers(layers, dir, rootfs, &mut mounted) {
                 Ok(()) => Ok(mounted),
                 Err(e) => {
                     unmount_parts(&mounted.parts);
@@ -94,7 +96,6 @@ fn mount_layers(
     layers: &LayeredRoot,
     dir: &Path,
     rootfs: &Path,
-    readonly: bool,
     mounted: &mut MountedRoot,
 ) -> anyhow::Result<()> {
     if layers.lowers.is_empty() {
@@ -113,7 +114,9 @@ fn mount_layers(
         lowerdirs.push(name);
     }
     let scratch = match &layers.scratch {
-        Some(disk) if !readonly => {
+        // With a read-only root the upper layer takes only the mount points the spec
+        // needs; the container's setup makes the root read-only after its mounts.
+        Some(disk) => {
             let at = dir.join("scratch");
             // The scratch disk is sparse: its inode tables read as zeroes already, and
             // zeroing them for real would write (and allocate) them on the host.
@@ -126,7 +129,7 @@ fn mount_layers(
             }
             Some(at)
         }
-        _ => None,
+        None => None,
     };
     std::fs::create_dir_all(rootfs).with_context(|| format!("create {}", rootfs.display()))?;
     if scratch.is_none() && lowerdirs.len() == 1 {

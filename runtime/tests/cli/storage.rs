@@ -310,3 +310,31 @@ fn an_image_deeper_than_the_disk_slots_runs_with_its_bottom_layers_squashed() {
     env.ok(["delete", &id]);
     env.assert_nothing_left(&id);
 }
+
+#[test]
+fn a_read_only_root_gets_its_mount_points_and_stays_read_only() {
+    become_subreaper();
+    let env = Env::new();
+    let vol = tempfile::tempdir().unwrap();
+    let mut bundle = Bundle::new(&[
+        "sh",
+        "-c",
+        "echo in-volume > /new-mount-point/f; (touch /nope) 2>/dev/null || echo root-read-only",
+    ]);
+    bundle.config["root"]["readonly"] = json!(true);
+    bind(&mut bundle, "/new-mount-point", vol.path(), &["rbind"]);
+    bundle.save();
+    let id = unique_id("ro-root");
+    let c = env.create_started(&id, &bundle);
+    assert_eq!(wait_exit_status(c.pid, EXIT), 0, "{}", c.stderr());
+    assert_eq!(c.stdout(), "root-read-only\n");
+    assert_eq!(
+        std::fs::read_to_string(vol.path().join("f")).unwrap(),
+        "in-volume\n"
+    );
+    // As runc leaves it: the mount point was made in the bundle's root.
+    assert!(bundle.path().join("rootfs/new-mount-point").is_dir());
+    assert!(!bundle.path().join("rootfs/nope").exists());
+    env.ok(["delete", &id]);
+    env.assert_nothing_left(&id);
+}

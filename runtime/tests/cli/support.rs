@@ -378,6 +378,23 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
     }
 }
 
+/// Runs `cmd` (its stdio set by the caller) and returns its status; kills it and fails the
+/// test if it has not finished within `limit`.
+pub fn output_within_status(cmd: &mut Command, limit: Duration) -> std::process::ExitStatus {
+    let mut child = cmd.spawn().expect("running husk");
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().expect("waiting for husk") {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Formats an output for assertion messages.
 pub fn show(o: &Output) -> String {
     format!(

@@ -59,7 +59,7 @@ pub fn layer_cache() -> LayerCache {
 pub struct RootLayers {
     /// The read-only layers, topmost first.
     pub layers: Vec<CachedLayer>,
-    /// The writable layer's disk; `None` for a read-only root.
+    /// The writable layer's disk.
     pub scratch: Option<PathBuf>,
     /// overlayfs options to repeat in the guest.
     pub overlay_options: Vec<String>,
@@ -99,9 +99,10 @@ pub fn layer_dirs(rootfs: &Path) -> Result<(Vec<PathBuf>, Vec<String>)> {
     Ok((dirs, ov.options))
 }
 
-/// Gets (or builds) the images of `rootfs`'s layers and, unless `readonly`, makes the
-/// scratch disk in `state_dir`.
-pub fn prepare(rootfs: &Path, state_dir: &Path, readonly: bool) -> Result<RootLayers> {
+/// Gets (or builds) the images of `rootfs`'s layers and makes the scratch disk in
+/// `state_dir`. A read-only root gets one too: as with runc, the mount points config.json
+/// needs are made in the root before it turns read-only, and they are written back.
+pub fn prepare(rootfs: &Path, state_dir: &Path) -> Result<RootLayers> {
     let started = Instant::now();
     let (dirs, overlay_options) = layer_dirs(rootfs)?;
     let cache = layer_cache();
@@ -144,9 +145,7 @@ pub fn prepare(rootfs: &Path, state_dir: &Path, readonly: bool) -> Result<RootLa
         );
         layers.push(layer);
     }
-    let scratch = if readonly {
-        None
-    } else {
+    let scratch = {
         let path = state_dir.join(SCRATCH_IMAGE);
         create_scratch(&path, env_u64("HUSK_SCRATCH_MIB", DEFAULT_SCRATCH_MIB))
             .context("creating the writable layer's disk")?;

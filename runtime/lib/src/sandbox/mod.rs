@@ -186,7 +186,6 @@ impl Sandbox {
         let mut io = ProcessIo::prepare(mode)?;
         io.release_caller_stdio()?;
 
-        let readonly = bundle.readonly_root();
         let started = Instant::now();
         let shares = Shares::setup(
             dir.path(),
@@ -195,9 +194,9 @@ impl Sandbox {
                 .iter()
                 .map(|(_, s)| s.clone())
                 .collect::<Vec<_>>(),
-            (!readonly).then_some(bundle.rootfs.as_path()),
+            Some(bundle.rootfs.as_path()),
         )?;
-        let root = crate::rootfs::prepare(&bundle.rootfs, dir.path(), readonly)?;
+        let root = crate::rootfs::prepare(&bundle.rootfs, dir.path())?;
         let mut disks: Vec<GuestDisk> = root
             .layers
             .iter()
@@ -267,8 +266,11 @@ impl Sandbox {
                     .collect(),
                 scratch: devices.get(layer_count).map(|d| disk(d, "ext4", false)),
                 overlay_options: root.overlay_options.clone(),
-                commit_to: (!readonly)
-                    .then(|| format!("{}/{}", shared_dir.path, crate::shares::ROOTFS_SHARE)),
+                commit_to: Some(format!(
+                    "{}/{}",
+                    shared_dir.path,
+                    crate::shares::ROOTFS_SHARE
+                )),
             }),
             stdio: io.spec(CONTAINER_STDIO_PORT),
             shared: Some(shared_dir),
