@@ -66,6 +66,7 @@ def write_config(bundle, husk, args, rootfs="rootfs", binds=(), privileged=False
     spec["process"]["terminal"] = False
     spec["process"]["args"] = args
     spec["root"]["path"] = rootfs
+    spec["root"]["readonly"] = False  # as engines give containers
     for src, dst in binds:
         spec["mounts"].append({"destination": dst, "type": "bind", "source": src,
                                "options": ["rbind", "rw"]})
