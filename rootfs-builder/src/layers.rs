@@ -3,7 +3,7 @@
 //!
 //! - **Key.** A layer's key hashes the metadata of every entry in it, walked without
 //!   following symlinks: path, type and mode, owner, size, device and inode numbers,
-//!   symlink target, and the modification and *change* times to the nanosecond. Any
+//!   and the modification and *change* times to the nanosecond. Any
 //!   change to a file's contents or metadata moves its ctime, which nothing can set
 //!   back, so a changed layer can never map to an image built before the change. The walk
 //!   reads no file data: its cost follows the number of files, not their size.
@@ -97,14 +97,9 @@ pub fn layer_key(dir: &Path) -> Result<String, LayerError> {
         ] {
             h.update(v.to_le_bytes());
         }
-        if m.file_type().is_symlink() {
-            h.update(
-                std::fs::read_link(&path)
-                    .map_err(err)?
-                    .as_os_str()
-                    .as_encoded_bytes(),
-            );
-        } else if m.is_dir() {
+        // A symlink's target cannot change in place (a new target is a new symlink: new
+        // inode, new ctime), so it needs no readlink.
+        if m.is_dir() {
             let mut names: Vec<_> = std::fs::read_dir(&path)
                 .map_err(err)?
                 .map(|e| e.map(|e| e.file_name()))
