@@ -124,8 +124,9 @@ fn volumes_are_live_both_ways_and_two_containers_see_each_others_writes() {
     bind(&b, "/shared", &data, &["rbind"]);
     let root = tmp.path().join("state");
     let run_a = spawn_run(&t, tmp.path(), &root, &a, "vol-a");
-    let run_b = spawn_run(&t, tmp.path(), &root, &b, "vol-b");
     wait_for(&data.join("a-ready"));
+    // B boots while A runs.
+    let run_b = spawn_run(&t, tmp.path(), &root, &b, "vol-b");
     assert_eq!(
         std::fs::read_to_string(data.join("from-a")).unwrap(),
         "from-a\n",
@@ -180,6 +181,28 @@ fn file_semantics_in_a_volume_match_on_both_sides() {
         &["/husk-fs-probe", "semantics", "/vol", &host_at.to_string()],
     );
     bind(&bundle, "/vol", &vol, &["rbind"]);
+    // Docker's default capabilities (chown, fowner, ...), as an application container has.
+    edit_spec(&bundle, |s| {
+        let caps = serde_json::json!([
+            "CAP_CHOWN",
+            "CAP_DAC_OVERRIDE",
+            "CAP_FSETID",
+            "CAP_FOWNER",
+            "CAP_MKNOD",
+            "CAP_NET_RAW",
+            "CAP_SETGID",
+            "CAP_SETUID",
+            "CAP_SETFCAP",
+            "CAP_SETPCAP",
+            "CAP_NET_BIND_SERVICE",
+            "CAP_SYS_CHROOT",
+            "CAP_KILL",
+            "CAP_AUDIT_WRITE"
+        ]);
+        for set in ["bounding", "effective", "permitted"] {
+            s["process"]["capabilities"][set] = caps.clone();
+        }
+    });
     let root = tmp.path().join("state");
     let child = spawn_run(&t, tmp.path(), &root, &bundle, "semantics");
     let (code, out, err) = finish(child, tmp.path(), "semantics");
@@ -300,6 +323,7 @@ fn escape_attempts_from_a_privileged_guest_stay_inside_the_shares() {
             s["process"]["capabilities"][set] = serde_json::json!(all);
         }
         s["linux"]["seccomp"] = serde_json::Value::Null;
+        s["root"]["readonly"] = serde_json::json!(false);
         s["linux"]["maskedPaths"] = serde_json::json!([]);
         s["linux"]["readonlyPaths"] = serde_json::json!([]);
     });
@@ -405,6 +429,7 @@ fn a_1_gib_image_builds_once_and_the_containers_writes_reach_its_upper_layer() {
     // The image's layers, as an engine unpacks them: busybox at the bottom, a 1 GiB
     // layer on top (sparse on the host; the image holds every byte).
     let base = tmp.path().join("layers/base");
+    std::fs::create_dir_all(tmp.path().join("layers")).unwrap();
     let cp = Command::new("cp")
         .arg("-a")
         .arg(std::env::var_os("HUSK_TEST_ROOTFS_DIR").unwrap())
