@@ -458,7 +458,9 @@ fn a_1_gib_image_builds_once_and_the_containers_writes_reach_its_upper_layer() {
     ] {
         let dir = tmp.path().join(format!("c{round}"));
         let bundle = t.oci_bundle(&dir, &args);
-        edit_spec(&bundle, |s| s["root"]["readonly"] = serde_json::json!(false));
+        edit_spec(&bundle, |s| {
+            s["root"]["readonly"] = serde_json::json!(false)
+        });
         let ov = Overlay::mount(
             &bundle.join("rootfs"),
             &[&big, &base],

@@ -28,7 +28,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -322,8 +322,139 @@ impl Drop for Shares {
     }
 }
 
-/// The device and inode of a path, to tell in tests which file a share shows.
-pub fn identity(p: &Path) -> Result<(u64, u64)> {
-    let m = std::fs::metadata(p).with_context(|| format!("stat {}", p.display()))?;
-    Ok((m.dev(), m.ino()))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share(name: &str, source: &Path, kind: ShareKind, readonly: bool) -> Share {
+        Share {
+            name: name.into(),
+            source: source.to_owned(),
+            destination: PathBuf::from("/x"),
+            kind,
+            readonly,
+            recursive: true,
+        }
+    }
+
+    fn require_root() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "these tests mount and need root"
+        );
+    }
+
+    #[test]
+    fn shares_appear_in_the_exported_directory_read_only_ones_enforced() {
+        require_root();
+        let t = tempfile::tempdir().unwrap();
+        let (rw, ro, state) = (
+            t.path().join("rw"),
+            t.path().join("ro"),
+            t.path().join("st"),
+        );
+        for d in [&rw, &ro, &state] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(ro.join("f"), "ro").unwrap();
+        let file = t.path().join("hosts");
+        std::fs::write(&file, "1.2.3.4 h\n").unwrap();
+        let mut shares = Shares::setup(
+            &state,
+            &[
+                share("s0", &rw, ShareKind::Directory, false),
+                share("s1", &ro, ShareKind::Directory, true),
+                share("s2", &file, ShareKind::File, true),
+            ],
+            None,
+        )
+        .unwrap();
+        let shared = shares.shared_dir();
+        std::fs::write(shared.join("s0/new"), "via the export").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(rw.join("new")).unwrap(),
+            "via the export"
+        );
+        let e = std::fs::write(shared.join("s1/f"), "x").unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EROFS),
+            "read-only in the export"
+        );
+        assert_eq!(
+            std::fs::read_to_string(shared.join("s2")).unwrap(),
+            "1.2.3.4 h\n"
+        );
+        let e = std::fs::write(shared.join("beside"), "x").unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EROFS),
+            "nothing beside the shares"
+        );
+        let st = nix::sys::statvfs::statvfs(&shared.join("s0")).unwrap();
+        assert!(st.flags().contains(
+            nix::sys::statvfs::FsFlags::ST_NOSUID | nix::sys::statvfs::FsFlags::ST_NODEV
+        ));
+        // A share added to the running layout appears in the export (what a shim adding a
+        // container to a running pod does).
+        let late = t.path().join("late");
+        std::fs::create_dir_all(&late).unwrap();
+        std::fs::write(late.join("hello"), "late").unwrap();
+        let source = Source::open(&share("s3", &late, ShareKind::Directory, true)).unwrap();
+        shares.add("s3", &source, true, false).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(shared.join("s3/hello")).unwrap(),
+            "late"
+        );
+        assert_eq!(
+            std::fs::write(shared.join("s3/hello"), "x")
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EROFS),
+            "a late read-only share is read-only in the export too"
+        );
+        shares.teardown().unwrap();
+        assert!(!state.join(MOUNTS_DIR).exists() && !state.join(SHARED_DIR).exists());
+        assert!(crate::mounts::mounts_under(&state).unwrap().is_empty());
+        assert_eq!(
+            std::fs::read_to_string(rw.join("new")).unwrap(),
+            "via the export",
+            "the sources are untouched by the teardown"
+        );
+    }
+
+    #[test]
+    fn a_source_of_another_kind_than_the_bundle_said_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        std::fs::write(&f, "").unwrap();
+        let e = Source::open(&share("s0", &f, ShareKind::Directory, false))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("changed"), "{e:#}");
+        let e = Source::open(&share("s0", &t.path().join("gone"), ShareKind::File, false))
+            .err()
+            .unwrap();
+        assert!(format!("{e:#}").contains("gone"), "{e:#}");
+    }
+
+    #[test]
+    fn a_failed_setup_leaves_nothing_mounted() {
+        require_root();
+        let t = tempfile::tempdir().unwrap();
+        let (ok, state) = (t.path().join("ok"), t.path().join("st"));
+        std::fs::create_dir_all(&ok).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        let e = Shares::setup(
+            &state,
+            &[
+                share("s0", &ok, ShareKind::Directory, false),
+                share("s1", &t.path().join("missing"), ShareKind::Directory, false),
+            ],
+            None,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("missing"), "{e:#}");
+        assert!(crate::mounts::mounts_under(&state).unwrap().is_empty());
+    }
 }
