@@ -299,6 +299,12 @@ pub enum ContainerRoot {
     Disk(RootDisk),
     /// Read-only layers stacked by overlayfs over a writable layer of the container's own.
     Layers(LayeredRoot),
+    /// A directory in the shared directory (a guest path): the root the engine mounted
+    /// on the host, used in place (a container added to a running pod's VM).
+    Shared {
+        /// Its guest path, under [`ContainerRequest::shared`].
+        path: String,
+    },
 }
 
 impl From<RootDisk> for ContainerRoot {

@@ -1,5 +1,6 @@
-//! A container's root filesystem in the guest: one disk mounted whole, or read-only layer
-//! disks (erofs) stacked by overlayfs over a writable layer on a scratch disk.
+//! A container's root filesystem in the guest: one disk mounted whole, read-only layer
+//! disks (erofs) stacked by overlayfs over a writable layer on a scratch disk, or (a pod's
+//! later containers) a directory of the shared directory bound in place.
 //!
 //! Everything lives under the container's directory: `rootfs` (what the container gets),
 //! `l0`, `l1`, ... (the layers, topmost first, as overlayfs's `lowerdir` lists them) and
@@ -79,6 +80,10 @@ pub fn mount_root(
             mount_disk(disk, rootfs, readonly || disk.readonly, None)?;
             Ok(MountedRoot::default())
         }
+        ContainerRoot::Shared { path } => {
+            bind_shared(Path::new(path), rootfs, readonly)?;
+            Ok(MountedRoot::default())
+        }
         ContainerRoot::Layers(layers) => {
             let mut mounted = MountedRoot::default();
             match mount_layers(layers, dir, rootfs, &mut mounted) {
@@ -90,6 +95,40 @@ pub fn mount_root(
             }
         }
     }
+}
+
+/// Binds a root from the shared directory (virtio-fs) at `rootfs`; the host's view of it
+/// is the engine's own mount, so writes land there as they would with runc.
+fn bind_shared(path: &Path, rootfs: &Path, readonly: bool) -> anyhow::Result<()> {
+    if !path.starts_with(husk_protocol::SHARED_DIR)
+        || path.components().any(|c| c.as_os_str() == "..")
+    {
+        bail!(
+            "a shared root must be under {}, not {}",
+            husk_protocol::SHARED_DIR,
+            path.display()
+        );
+    }
+    std::fs::create_dir_all(rootfs).with_context(|| format!("create {}", rootfs.display()))?;
+    mount::mount(
+        Some(path),
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind {} at {}", path.display(), rootfs.display()))?;
+    if readonly {
+        mount::mount(
+            None::<&str>,
+            rootfs,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .with_context(|| format!("make {} read-only", rootfs.display()))?;
+    }
+    Ok(())
 }
 
 fn mount_layers(

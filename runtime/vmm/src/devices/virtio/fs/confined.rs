@@ -109,7 +109,8 @@ fn open_flags(flags: u32) -> u32 {
 /// The passthrough file system, confined (see the module documentation).
 pub struct ShareFs {
     inner: PassthroughFs,
-    /// Top-level names under the root that are container roots.
+    /// Top-level names under the root that are container roots (and, with a `-suffix`,
+    /// the roots of containers added later).
     container_roots: HashSet<Vec<u8>>,
     /// Inodes inside a container root. An inode missing here is treated as a volume's,
     /// so whatever this layer does not know about gets the stricter rules.
@@ -151,6 +152,17 @@ impl ShareFs {
             .ok_or_else(|| err(libc::EBADF))
     }
 
+    /// Whether a top-level `name` is a container root: one of the names given, or one of
+    /// them followed by `-` and anything (the roots of a pod's later containers,
+    /// `rootfs-<n>`, shared while the VM runs).
+    fn is_container_root(&self, name: &[u8]) -> bool {
+        self.container_roots.contains(name)
+            || self
+                .container_roots
+                .iter()
+                .any(|r| name.len() > r.len() + 1 && name.starts_with(r) && name[r.len()] == b'-')
+    }
+
     fn relaxed(&self, inode: Inode) -> bool {
         self.in_container_root
             .read()
@@ -162,7 +174,7 @@ impl ShareFs {
     /// parent does.
     fn adopt(&self, parent: Inode, name: &[u8], child: Inode) {
         let relaxed = if parent == ROOT_ID {
-            self.container_roots.contains(name)
+            self.is_container_root(name)
         } else {
             self.relaxed(parent)
         };

@@ -41,6 +41,9 @@ const QUEUE_SIZE: u16 = 256;
 const MAX_OPS: usize = 64;
 const SECRET: &[u8] = b"the host's secret\n";
 const RO_CONTENT: &[u8] = b"read-only content\n";
+/// The harness's shares: a volume, a read-only one, a container root, a root added later
+/// to a running pod (`rootfs-<n>`), and a volume whose name only looks like one.
+const SHARES: [&str; 5] = ["vol", "ro", "rootfs", "rootfs-2", "rootfs2"];
 
 /// A FUSE request: header (length filled in) followed by `parts`.
 pub fn message(opcode: Opcode, nodeid: u64, parts: &[&[u8]]) -> Vec<u8> {
@@ -190,7 +193,7 @@ impl Harness {
         std::fs::write(outside.join("secret"), SECRET).unwrap();
         // The server clears this thread's umask: modes are set, not left to it.
         std::fs::set_permissions(outside.join("secret"), PermissionsExt::from_mode(0o644)).unwrap();
-        for share in ["vol", "ro", "rootfs"] {
+        for share in SHARES {
             let d = shared.join(share);
             std::fs::create_dir_all(d.join("dir")).unwrap();
             std::fs::write(d.join("file"), RO_CONTENT).unwrap();
@@ -224,7 +227,7 @@ impl Harness {
     }
 
     fn unmount_shares(case: &Path) {
-        for share in ["vol", "ro", "rootfs"] {
+        for share in SHARES {
             let p = c_path(&case.join("shared").join(share));
             // SAFETY: a NUL-terminated path alive for the call.
             unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };

@@ -432,6 +432,18 @@ fn a_container_root_may_hold_what_runc_lets_a_container_make() {
 }
 
 #[test]
+fn a_pods_later_container_roots_are_container_roots_and_look_alikes_are_not() {
+    let g = Guest::new();
+    let dev = libc::S_IFCHR | 0o666;
+    assert_eq!(g.mknod(g.node("rootfs-2"), "null", dev, (1 << 8) | 3), 0);
+    assert_eq!(
+        g.mknod(g.node("rootfs2"), "null", dev, (1 << 8) | 3),
+        libc::EPERM
+    );
+    g.0.check();
+}
+
+#[test]
 fn a_read_only_share_refuses_every_change() {
     let g = Guest::new();
     let ro = g.node("ro");
