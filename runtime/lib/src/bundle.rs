@@ -21,6 +21,9 @@ pub const DEFAULT_MEMORY_MIB: u64 = 256;
 pub const MEMORY_HEADROOM_MIB: u64 = 128;
 /// The VMM's vCPU limit.
 pub const MAX_VCPUS: u8 = 32;
+/// Guest memory of a pod whose containers set no memory limits (lazily backed: an idle
+/// pod uses far less).
+pub const DEFAULT_POD_MEMORY_MIB: u64 = 512;
 
 /// What a share is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,9 +159,26 @@ impl Bundle {
             .unwrap_or(false)
     }
 
+    /// A CRI annotation of a pod's sandbox container, as a positive number.
+    fn pod_annotation(&self, key: &str) -> Option<u64> {
+        let a = self.spec.annotations().as_ref()?;
+        if a.get(crate::pod::CONTAINER_TYPE).map(String::as_str) != Some("sandbox") {
+            return None;
+        }
+        a.get(key)?.parse().ok().filter(|&v| v > 0)
+    }
+
     /// Guest memory: the container's memory limit plus [`MEMORY_HEADROOM_MIB`], or
-    /// [`DEFAULT_MEMORY_MIB`] without a limit.
+    /// [`DEFAULT_MEMORY_MIB`] without a limit. A pod's sandbox container sizes the VM for
+    /// the whole pod: the CRI's `sandbox-memory` (its containers' limits added up) plus
+    /// the headroom, or [`DEFAULT_POD_MEMORY_MIB`] when the pod's containers set none.
     pub fn memory_mib(&self) -> u64 {
+        if self.is_pod_sandbox() {
+            return match self.pod_annotation(crate::pod::SANDBOX_MEMORY) {
+                Some(bytes) => bytes.div_ceil(1 << 20) + MEMORY_HEADROOM_MIB,
+                None => DEFAULT_POD_MEMORY_MIB,
+            };
+        }
         let limit = self
             .spec
             .linux()
@@ -173,9 +193,28 @@ impl Bundle {
         }
     }
 
+    /// Whether this is a pod's sandbox (pause) container, which boots the pod's VM.
+    pub fn is_pod_sandbox(&self) -> bool {
+        matches!(
+            crate::pod::role(self.spec.annotations().as_ref(), ""),
+            crate::pod::Role::Sandbox
+        )
+    }
+
     /// vCPUs: the CPU quota rounded up to whole CPUs, or the size of the cpuset, the
-    /// smaller if both are set; 1 if neither is.
+    /// smaller if both are set; 1 if neither is. A pod's sandbox container takes the
+    /// pod's quota from the CRI's `sandbox-cpu-quota` and `sandbox-cpu-period`.
     pub fn vcpus(&self) -> u8 {
+        if self.is_pod_sandbox() {
+            let n = match (
+                self.pod_annotation(crate::pod::SANDBOX_CPU_QUOTA),
+                self.pod_annotation(crate::pod::SANDBOX_CPU_PERIOD),
+            ) {
+                (Some(q), Some(p)) => q.div_ceil(p),
+                _ => 1,
+            };
+            return n.clamp(1, u64::from(MAX_VCPUS)) as u8;
+        }
         let cpu = self
             .spec
             .linux()
@@ -375,6 +414,37 @@ mod tests {
         c["linux"]["resources"]["cpu"]["cpus"] = json!("3");
         let (_d, b) = bundle_with(c);
         assert_eq!(b.unwrap().vcpus(), 1, "the smaller of quota and cpuset");
+    }
+
+    #[test]
+    fn a_pod_sandbox_sizes_the_vm_for_the_pod_from_the_cri_annotations() {
+        let mut c = minimal();
+        c["annotations"] = json!({
+            "io.kubernetes.cri.container-type": "sandbox",
+            "io.kubernetes.cri.sandbox-id": "p",
+            "io.kubernetes.cri.sandbox-memory": (300u64 << 20).to_string(),
+            "io.kubernetes.cri.sandbox-cpu-quota": "250000",
+            "io.kubernetes.cri.sandbox-cpu-period": "100000"});
+        let (_d, b) = bundle_with(c.clone());
+        let b = b.unwrap();
+        assert!(b.is_pod_sandbox());
+        assert_eq!(b.memory_mib(), 300 + MEMORY_HEADROOM_MIB);
+        assert_eq!(b.vcpus(), 3);
+        c["annotations"] = json!({"io.kubernetes.cri.container-type": "sandbox",
+                                  "io.kubernetes.cri.sandbox-memory": "0"});
+        let (_d, b) = bundle_with(c.clone());
+        let b = b.unwrap();
+        assert_eq!(
+            b.memory_mib(),
+            DEFAULT_POD_MEMORY_MIB,
+            "no limits in the pod"
+        );
+        assert_eq!(b.vcpus(), 1);
+        // A pod's other containers do not size anything: they join its VM.
+        c["annotations"] = json!({"io.kubernetes.cri.container-type": "container",
+                                  "io.kubernetes.cri.sandbox-memory": "999999999"});
+        let (_d, b) = bundle_with(c);
+        assert_eq!(b.unwrap().memory_mib(), DEFAULT_MEMORY_MIB);
     }
 
     #[test]

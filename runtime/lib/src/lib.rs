@@ -20,6 +20,7 @@ pub mod control;
 pub mod globals;
 pub mod logging;
 pub mod mounts;
+pub mod pod;
 pub mod procfs;
 pub mod rootfs;
 pub mod sandbox;

@@ -196,6 +196,46 @@ fn bind(source: &Source, target: &Path, readonly: bool, recursive: bool) -> Resu
     Ok(())
 }
 
+/// Adds `share` as `name` to the running layout of the sandbox whose state directory is
+/// `state_dir`, from outside the sandbox (the shim bringing a pod's container into its
+/// VM): the share appears in the exported directory at once.
+pub fn attach(state_dir: &Path, name: &str, share: &Share) -> Result<()> {
+    let mut layout = Shares {
+        state_dir: state_dir.to_owned(),
+        names: Vec::new(),
+        // Not this handle's to tear down: the sandbox owns the layout.
+        active: false,
+    };
+    let source = Source::open(share)?;
+    layout
+        .add(name, &source, share.readonly, share.recursive)
+        .with_context(|| {
+            format!(
+                "sharing {} (for {})",
+                share.source.display(),
+                share.destination.display()
+            )
+        })
+}
+
+/// Removes a share [`attach`]ed as `name`; a missing one is fine.
+pub fn detach(state_dir: &Path, name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        bail!("share name {name:?} is not a plain name");
+    }
+    let target = state_dir.join(MOUNTS_DIR).join(name);
+    let Ok(meta) = std::fs::symlink_metadata(&target) else {
+        return Ok(());
+    };
+    mounts::unmount_under(&target)?;
+    if meta.is_dir() {
+        std::fs::remove_dir(&target)
+    } else {
+        std::fs::remove_file(&target)
+    }
+    .with_context(|| format!("removing {}", target.display()))
+}
+
 /// The shared directory of one sandbox, mounted; unmounted when dropped.
 #[derive(Debug)]
 pub struct Shares {
@@ -420,6 +460,54 @@ mod tests {
             std::fs::read_to_string(rw.join("new")).unwrap(),
             "via the export",
             "the sources are untouched by the teardown"
+        );
+    }
+
+    #[test]
+    fn a_share_attached_from_outside_appears_and_detaches_and_the_owner_tears_it_down() {
+        require_root();
+        let t = tempfile::tempdir().unwrap();
+        let (vol, state) = (t.path().join("vol"), t.path().join("st"));
+        std::fs::create_dir_all(&vol).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(vol.join("f"), "pod volume").unwrap();
+        let file = t.path().join("hosts");
+        std::fs::write(&file, "1.2.3.4 h\n").unwrap();
+        let mut owner = Shares::setup(&state, &[], None).unwrap();
+        let shared = owner.shared_dir();
+        attach(
+            &state,
+            "c1-s0",
+            &share("x", &vol, ShareKind::Directory, false),
+        )
+        .unwrap();
+        attach(&state, "c1-s1", &share("x", &file, ShareKind::File, true)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(shared.join("c1-s0/f")).unwrap(),
+            "pod volume"
+        );
+        assert_eq!(
+            std::fs::read_to_string(shared.join("c1-s1")).unwrap(),
+            "1.2.3.4 h\n"
+        );
+        assert!(attach(
+            &state,
+            "../x",
+            &share("x", &vol, ShareKind::Directory, false)
+        )
+        .is_err());
+        detach(&state, "c1-s1").unwrap();
+        assert!(
+            !shared.join("c1-s1").exists(),
+            "a detached share leaves the export"
+        );
+        detach(&state, "c1-s1").unwrap();
+        // What is still attached goes with the owner's teardown.
+        owner.teardown().unwrap();
+        assert!(crate::mounts::mounts_under(&state).unwrap().is_empty());
+        assert_eq!(
+            std::fs::read_to_string(vol.join("f")).unwrap(),
+            "pod volume"
         );
     }
 

@@ -8,17 +8,19 @@
 //! and `ctr run -i`, `crictl attach`/`stdin_once` ask for EOF explicitly). With a
 //! terminal, the shim relays between the fifos and the pty master, as the runc shim does.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use husk_protocol::StreamKind;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 /// The fifo paths containerd gave for a process.
@@ -42,8 +44,8 @@ pub struct ProcessStdio {
     stdin_stop: Arc<Mutex<Option<OwnedFd>>>,
     /// The pty master, for window size changes.
     master: Option<Arc<File>>,
-    /// Copies the terminal's output to the stdout fifo.
-    output: Option<JoinHandle<()>>,
+    /// Copy output (a terminal's, or a pod container's streams) to the fifos.
+    output: Vec<JoinHandle<()>>,
     console: Option<ConsoleSocket>,
 }
 
@@ -61,7 +63,7 @@ impl StdioPaths {
                     stdin_feed: Arc::default(),
                     stdin_stop: Arc::default(),
                     master: None,
-                    output: None,
+                    output: Vec::new(),
                     console: Some(console),
                 },
                 [
@@ -88,7 +90,7 @@ impl StdioPaths {
                 stdin_feed: Arc::new(Mutex::new(feed)),
                 stdin_stop: Arc::new(Mutex::new(stop)),
                 master: None,
-                output: None,
+                output: Vec::new(),
                 console: None,
             },
             [stdin_child, stdout, stderr],
@@ -97,6 +99,61 @@ impl StdioPaths {
 }
 
 impl ProcessStdio {
+    /// A pod container's stdio: the streams the agent opened, relayed to and from the
+    /// fifos (window size changes go through the agent, not a pty here).
+    pub fn from_streams(
+        paths: &StdioPaths,
+        mut streams: HashMap<StreamKind, UnixStream>,
+    ) -> Result<Self> {
+        let mut this = Self {
+            stdin_feed: Arc::default(),
+            stdin_stop: Arc::default(),
+            master: None,
+            output: Vec::new(),
+            console: None,
+        };
+        let (out_kind, input) = if paths.terminal {
+            let term = streams
+                .remove(&StreamKind::Terminal)
+                .context("no terminal stream")?;
+            let input = term
+                .try_clone()
+                .context("duplicating the terminal stream")?;
+            streams.insert(StreamKind::Stdout, term);
+            (vec![(StreamKind::Stdout, &paths.stdout)], Some(input))
+        } else {
+            (
+                vec![
+                    (StreamKind::Stdout, &paths.stdout),
+                    (StreamKind::Stderr, &paths.stderr),
+                ],
+                streams.remove(&StreamKind::Stdin),
+            )
+        };
+        for (kind, path) in out_kind {
+            if let Some(stream) = streams.remove(&kind) {
+                let out = File::from(open_writer(path)?);
+                let src = File::from(OwnedFd::from(stream));
+                this.output
+                    .push(std::thread::spawn(move || copy_until_error(src, out)));
+            }
+        }
+        if let (Some(stream), false) = (input, paths.stdin.is_empty()) {
+            let fifo = open_stdin_fifo(&paths.stdin)?;
+            let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+            let dst = File::from(OwnedFd::from(stream));
+            *this
+                .stdin_feed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(spawn_copy(fifo, dst, stop_read));
+            *this
+                .stdin_stop
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(stop_write);
+        }
+        Ok(this)
+    }
+
     /// The console socket's path, for a process with a terminal.
     pub fn console_socket(&self) -> Option<PathBuf> {
         self.console.as_ref().map(|c| c.path.clone())
@@ -112,7 +169,8 @@ impl ProcessStdio {
         if !paths.stdout.is_empty() {
             let out = File::from(open_writer(&paths.stdout)?);
             let src = master.try_clone().context("duplicating the pty master")?;
-            self.output = Some(std::thread::spawn(move || copy_until_error(src, out)));
+            self.output
+                .push(std::thread::spawn(move || copy_until_error(src, out)));
         }
         if !paths.stdin.is_empty() {
             let fifo = open_stdin_fifo(&paths.stdin)?;
@@ -172,8 +230,8 @@ impl ProcessStdio {
     /// After the process exited: lets the terminal's output drain (bounded), then stops
     /// every relay.
     pub fn finish(&mut self, timeout: Duration) {
-        if let Some(h) = self.output.take() {
-            let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
+        for h in std::mem::take(&mut self.output) {
             while !h.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }

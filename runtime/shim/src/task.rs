@@ -22,6 +22,7 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 use husk_runtime::container::create::{create, CreateOptions};
 use husk_runtime::container::exec::{spawn_detached, ExecPlan};
+use husk_runtime::pod::{self, Member, MemberIo};
 use husk_runtime::state::ContainerDir;
 use husk_runtime::Globals;
 
@@ -60,7 +61,12 @@ struct Tasks {
 struct Container {
     bundle: PathBuf,
     globals: Globals,
+    /// Its state directory; for a pod's member container, its pod's sandbox container's
+    /// (which holds the VM, its agent and its control socket).
     dir: ContainerDir,
+    /// Set for a container that joined a pod's VM: it is reached through the agent, and
+    /// its exit comes from the agent, not from a process of the shim's.
+    member: Option<Arc<Member>>,
     init: Process,
     execs: HashMap<String, Process>,
     rootfs_mounted: bool,
@@ -142,7 +148,7 @@ impl TaskService {
         let at = containerd_shim::util::timestamp().unwrap_or_default();
         for (id, c) in tasks.containers.iter_mut() {
             let mut hit: Option<(String, &mut Process)> = None;
-            if c.init.pid == pid {
+            if c.init.pid == pid && c.member.is_none() {
                 hit = Some((id.clone(), &mut c.init));
             } else if let Some((exec_id, p)) = c.execs.iter_mut().find(|(_, p)| p.pid == pid) {
                 hit = Some((exec_id.clone(), p));
@@ -166,6 +172,33 @@ impl TaskService {
             return true;
         }
         false
+    }
+
+    /// A pod member's exit, as the agent reported it.
+    fn member_exited(&self, id: &str, code: i32) {
+        let at = containerd_shim::util::timestamp().unwrap_or_default();
+        let status = u32::try_from(code).unwrap_or(255);
+        let mut tasks = self.tasks();
+        let Some(c) = tasks.containers.get_mut(id) else {
+            return;
+        };
+        if let Some(stdio) = c.init.stdio.as_mut() {
+            stdio.finish(Duration::from_secs(2));
+        }
+        c.init.exit.set(Exit {
+            status,
+            at: at.clone(),
+        });
+        let pid = c.init.pid;
+        drop(tasks);
+        self.publish(TaskExit {
+            container_id: id.to_owned(),
+            id: id.to_owned(),
+            pid: pid as u32,
+            exit_status: status,
+            exited_at: MessageField::some(at),
+            ..Default::default()
+        });
     }
 
     /// Registers `pid` for a process just started; an exit seen before is applied now.
@@ -203,6 +236,29 @@ impl TaskService {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
+        let joined = husk_runtime::bundle::Bundle::load(&bundle).and_then(|b| {
+            match pod::role(b.spec.annotations().as_ref(), &req.id) {
+                pod::Role::Member(sandbox) => {
+                    self.create_member(&sandbox, &req.id, b, &paths).map(Some)
+                }
+                _ => Ok(None),
+            }
+        });
+        match joined {
+            Ok(Some(pid)) => {
+                if let Some(c) = self.tasks().containers.get_mut(&req.id) {
+                    c.rootfs_mounted = mounted;
+                }
+                return Ok(pid);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                if mounted {
+                    rootfs::unmount(&bundle);
+                }
+                return Err(e);
+            }
+        }
         let result = self.create_in(&bundle, &req.id, &paths);
         let (pid, dir, globals, stdio) = match result {
             Ok(r) => r,
@@ -224,6 +280,7 @@ impl TaskService {
                 globals,
                 dir,
                 init,
+                member: None,
                 execs: HashMap::new(),
                 rootfs_mounted: mounted,
             },
@@ -254,6 +311,67 @@ impl TaskService {
                     })
                 })
             });
+    }
+
+    /// Creates a container of a pod in the pod's running VM (see [`husk_runtime::pod`]).
+    fn create_member(
+        &self,
+        sandbox: &str,
+        id: &str,
+        bundle: husk_runtime::bundle::Bundle,
+        paths: &StdioPaths,
+    ) -> anyhow::Result<i32> {
+        let (pod_dir, pod_pid, globals) = {
+            let tasks = self.tasks();
+            let pod = tasks.containers.get(sandbox).with_context(|| {
+                format!("the pod's sandbox container {sandbox:?} is not in this shim")
+            })?;
+            if pod.init.exit.get().is_some() {
+                anyhow::bail!("the pod's sandbox container {sandbox:?} has stopped");
+            }
+            (pod.dir.clone(), pod.init.pid, pod.globals.clone())
+        };
+        let io = MemberIo {
+            stdin: !paths.stdin.is_empty(),
+            stdout: !paths.stdout.is_empty(),
+            stderr: !paths.stderr.is_empty(),
+            terminal: paths.terminal,
+        };
+        let bundle_dir = bundle.dir.clone();
+        let (member, streams) = Member::create(&pod_dir, id, bundle, io)?;
+        let stdio = match crate::io::ProcessStdio::from_streams(paths, streams) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = member.remove();
+                return Err(e);
+            }
+        };
+        let member = Arc::new(member);
+        let mut init = Process::new(paths.clone());
+        init.pid = pod_pid;
+        init.stdio = Some(stdio);
+        self.tasks().containers.insert(
+            id.to_owned(),
+            Container {
+                bundle: bundle_dir,
+                globals,
+                dir: pod_dir,
+                member: Some(member.clone()),
+                init,
+                execs: HashMap::new(),
+                rootfs_mounted: false,
+            },
+        );
+        let (svc, id_owned) = (self.clone(), id.to_owned());
+        std::thread::Builder::new()
+            .name("member-wait".into())
+            .spawn(move || {
+                let code = member.wait();
+                svc.member_exited(&id_owned, code);
+            })
+            .context("starting the container's waiter")?;
+        self.watch_oom(id);
+        Ok(pod_pid)
     }
 
     fn create_in(
@@ -409,12 +527,17 @@ impl containerd_shim::Task for TaskService {
                 ..Default::default()
             });
         }
-        let (dir, pid) = self.with_container(&req.id, |c| Ok((c.dir.clone(), c.init.pid)))?;
+        let (dir, pid, member) = self.with_container(&req.id, |c| {
+            Ok((c.dir.clone(), c.init.pid, c.member.clone()))
+        })?;
         // Without the shim's lock: start waits for the guest.
-        let started = dir.lock().and_then(|_lock| {
-            let mut rec = dir.load()?;
-            husk_runtime::container::start::start(&dir, &mut rec)
-        });
+        let started = match member {
+            Some(m) => m.start(),
+            None => dir.lock().and_then(|_lock| {
+                let mut rec = dir.load()?;
+                husk_runtime::container::start::start(&dir, &mut rec)
+            }),
+        };
         started.map_err(to_ttrpc)?;
         self.with_container(&req.id, |c| {
             c.init.status = Status::RUNNING;
@@ -484,16 +607,19 @@ impl containerd_shim::Task for TaskService {
                 .map_err(|e| to_ttrpc(anyhow::anyhow!("signalling the exec: {e}")))?;
             return Ok(Empty::new());
         }
-        let dir = self.with_container(&req.id, |c| {
+        let (dir, member) = self.with_container(&req.id, |c| {
             if c.init.exit.get().is_some() {
                 return Err(already_finished());
             }
-            Ok(c.dir.clone())
+            Ok((c.dir.clone(), c.member.clone()))
         })?;
-        let result = dir.lock().and_then(|_lock| {
-            let rec = dir.load()?;
-            husk_runtime::container::kill::kill(&dir, &rec, signal, req.all)
-        });
+        let result = match member {
+            Some(m) => m.signal(signal, req.all),
+            None => dir.lock().and_then(|_lock| {
+                let rec = dir.load()?;
+                husk_runtime::container::kill::kill(&dir, &rec, signal, req.all)
+            }),
+        };
         match result {
             Ok(()) => Ok(Empty::new()),
             Err(e) if e.to_string().contains("is not running") => Err(already_finished()),
@@ -529,15 +655,18 @@ impl containerd_shim::Task for TaskService {
                 })
             });
         }
-        let (dir, running) = self.with_container(&req.id, |c| {
-            Ok((c.dir.clone(), c.init.exit.get().is_none()))
+        let (dir, running, member) = self.with_container(&req.id, |c| {
+            Ok((c.dir.clone(), c.init.exit.get().is_none(), c.member.clone()))
         })?;
         // containerd deletes a task after it exited, or a created task it never started
         // (which is killed, as runc does).
-        let result = dir.lock().and_then(|_lock| {
-            let rec = dir.load()?;
-            husk_runtime::container::delete::delete(&dir, &rec, running)
-        });
+        let result = match member {
+            Some(m) => m.remove(),
+            None => dir.lock().and_then(|_lock| {
+                let rec = dir.load()?;
+                husk_runtime::container::delete::delete(&dir, &rec, running)
+            }),
+        };
         result.map_err(to_ttrpc)?;
         let mut c = {
             let mut tasks = self.tasks();
@@ -575,9 +704,15 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        let dir = self.with_container(&req.id, |c| Ok(c.dir.clone()))?;
-        let rec = dir.load().map_err(to_ttrpc)?;
-        let pids = husk_runtime::container::ps::pids(&dir, &rec).map_err(to_ttrpc)?;
+        let (dir, member) =
+            self.with_container(&req.id, |c| Ok((c.dir.clone(), c.member.clone())))?;
+        let pids = match member {
+            Some(m) => m.pids(),
+            None => dir
+                .load()
+                .and_then(|rec| husk_runtime::container::ps::pids(&dir, &rec)),
+        }
+        .map_err(to_ttrpc)?;
         Ok(api::PidsResponse {
             processes: pids
                 .into_iter()
@@ -591,7 +726,13 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
-        let dir = self.with_container(&req.id, |c| Ok(c.dir.clone()))?;
+        let dir = self.with_container(&req.id, |c| {
+            if c.member.is_some() {
+                // The VM is the pod's: freezing it would freeze every container of the pod.
+                return Err(unimplemented("Pause of one container of a pod"));
+            }
+            Ok(c.dir.clone())
+        })?;
         dir.lock()
             .and_then(|_lock| {
                 let mut rec = dir.load()?;
@@ -610,7 +751,13 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
-        let dir = self.with_container(&req.id, |c| Ok(c.dir.clone()))?;
+        let dir = self.with_container(&req.id, |c| {
+            if c.member.is_some() {
+                // The VM is the pod's: freezing it would freeze every container of the pod.
+                return Err(unimplemented("Resume of one container of a pod"));
+            }
+            Ok(c.dir.clone())
+        })?;
         dir.lock()
             .and_then(|_lock| {
                 let mut rec = dir.load()?;
@@ -667,6 +814,12 @@ impl containerd_shim::Task for TaskService {
 
     fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
         self.with_container(&req.id, |c| {
+            if let (Some(m), true) = (&c.member, req.exec_id.is_empty()) {
+                let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+                return m
+                    .resize(clamp(req.height), clamp(req.width))
+                    .map_err(to_ttrpc);
+            }
             let p = if req.exec_id.is_empty() {
                 &c.init
             } else {
