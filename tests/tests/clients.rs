@@ -833,11 +833,14 @@ fn shim_v2_reports_stats_and_oom_kills() {
         "--exec-id",
         "hog",
         "shim-oom",
-        "sh",
-        "-c",
         // dd's one 100 MiB buffer outgrows the limit at once (a shell string grown
-        // from a pipe takes many minutes under emulation).
-        "dd if=/dev/zero of=/dev/null bs=100M count=1; echo survived",
+        // from a pipe takes many minutes under emulation). dd is the exec's own
+        // process, so its SIGKILL is the exec's status.
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=100M",
+        "count=1",
     ]));
     assert_eq!(o.status.code(), Some(137), "OOM-killed: {}", show(&o));
     let deadline = Instant::now() + Duration::from_secs(30);
