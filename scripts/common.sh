@@ -61,6 +61,7 @@ husk_on_kvm_host() {
         "$@"
     else
         echo "husk: MODE test host (this /dev/kvm cannot boot Linux; a software-emulated KVM host: slow, compare ratios)" >&2
-        tests/testhost/run.sh --rwdir "$PWD" --timeout "$timeout" -- "$@"
+        tests/testhost/run.sh --memory "${HUSK_TESTHOST_MEMORY:-4G}" --rwdir "$PWD" \
+            --timeout "$timeout" -- "$@"
     fi
 }

@@ -9,7 +9,7 @@ if ! command -v cargo >/dev/null; then
 fi
 
 packages=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio
-          busybox-static e2fsprogs kmod zstd xz-utils python3
+          busybox-static e2fsprogs erofs-utils kmod zstd xz-utils python3 debootstrap
           # container clients for the VM tier's client tests, and the image tools they use
           containerd runc crun runsc podman conmon containernetworking-plugins docker.io
           umoci skopeo
@@ -19,6 +19,14 @@ have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok ins
 missing=()
 for p in "${packages[@]}"; do have "$p" || missing+=("$p"); done
 qemu_ok() { qemu-system-x86_64 --version 2>/dev/null | grep -q 'version 10\.'; }
+
+# The fuzz targets (scripts/fuzz.sh) need cargo-fuzz and a nightly toolchain.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install -q --locked cargo-fuzz
+fi
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    echo "install-deps: no nightly toolchain: scripts/fuzz.sh will not run (rustup toolchain install nightly)" >&2
+fi
 
 if [ ${#missing[@]} -eq 0 ] && qemu_ok; then
     exit 0

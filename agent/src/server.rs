@@ -160,6 +160,7 @@ fn request_name(request: &Request) -> &'static str {
         Request::RemoveContainer { .. } => "remove container",
         Request::Stats { .. } => "stats",
         Request::WaitOom { .. } => "wait oom",
+        Request::CommitRoot { .. } => "commit root",
     }
 }
 
@@ -225,6 +226,11 @@ fn respond(agent: &Agent, request: Request) -> Response {
         Request::Ps { container_id } => {
             container::ps::ps(agent, &container_id).map(|pids| Response::Pids { pids })
         }
+        Request::CommitRoot { container_id } => container::commit::commit(agent, &container_id)
+            .map(|c| Response::Committed {
+                changes: c.changes,
+                skipped: c.skipped,
+            }),
         Request::RemoveContainer { container_id } => {
             container::remove::remove(agent, &container_id).map(|()| Response::Ok)
         }

@@ -1,10 +1,11 @@
-//! `husk-rootfs-builder`: builds the guest initramfs and container root images.
+//! `husk-rootfs-builder`: builds the guest initramfs, container root images and layer
+//! images in a layer cache.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use husk_rootfs_builder::{build_ext4, build_initramfs, Ext4Options};
+use husk_rootfs_builder::{build_ext4, build_initramfs, Ext4Options, LayerCache};
 
 /// Builds husk's guest initramfs and turns a bundle rootfs into a block image.
 #[derive(Debug, Parser)]
@@ -40,6 +41,19 @@ enum Cmd {
         #[arg(long)]
         readonly_friendly: bool,
     },
+    /// Put a root filesystem layer's erofs image in a layer cache (what `husk create`
+    /// does for each layer; this pre-warms the cache). Prints the image's path.
+    Layer {
+        /// The layer directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// The cache directory (husk's default: /var/lib/husk/layers).
+        #[arg(long)]
+        cache: PathBuf,
+        /// The cache's size cap.
+        #[arg(long, default_value_t = 10240)]
+        cache_mib: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +78,23 @@ fn main() -> anyhow::Result<()> {
             let image = build_ext4(&opts).context("build the ext4 image")?;
             eprintln!("ext4 image: {} MiB", image.size_mib);
             println!("{}", image.path.display());
+        }
+        Cmd::Layer {
+            from,
+            cache,
+            cache_mib,
+        } => {
+            let layer = LayerCache::new(cache, cache_mib << 20)
+                .get(&from)
+                .context("build the layer image")?;
+            eprintln!(
+                "layer {}: {} (key {} ms, build {} ms)",
+                layer.key,
+                if layer.built { "built" } else { "cached" },
+                layer.key_ms,
+                layer.build_ms
+            );
+            println!("{}", layer.path.display());
         }
     }
     Ok(())

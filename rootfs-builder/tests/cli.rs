@@ -89,3 +89,92 @@ fn ext4_subcommand_builds_an_image_and_reports_a_missing_directory() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_layer_build_killed_half_way_leaves_no_image_and_the_next_one_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (layer, cache) = (dir.path().join("layer"), dir.path().join("cache"));
+    std::fs::create_dir_all(&layer).unwrap();
+    // Big enough that mkfs.erofs is still writing when the builder dies.
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut f = std::fs::File::create(layer.join("big")).unwrap();
+    for _ in 0..400 {
+        std::io::Write::write_all(&mut f, &chunk).unwrap();
+    }
+    drop(f);
+    let images = || -> Vec<String> {
+        std::fs::read_dir(&cache)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".erofs"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_husk-rootfs-builder"))
+        .args(["layer", "--from", path(&layer), "--cache", path(&cache)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill it once the build has started (its temporary image exists).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let building = std::fs::read_dir(&cache)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            })
+            .unwrap_or(false);
+        if building || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the build finished before the kill");
+    assert!(images().is_empty(), "a half-built image: {:?}", images());
+    // The next build succeeds, and its eviction clears the dead builder's leftover.
+    let o = builder(&[
+        "layer",
+        "--from",
+        path(&layer),
+        "--cache",
+        path(&cache),
+        "--cache-mib",
+        "0",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(images().len(), 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let leftovers: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
+        if leftovers.is_empty() {
+            break;
+        }
+        // The killed mkfs may still be going down; a later eviction gets it.
+        assert!(std::time::Instant::now() < deadline, "{leftovers:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let _ = builder(&[
+            "layer",
+            "--from",
+            path(&layer),
+            "--cache",
+            path(&cache),
+            "--cache-mib",
+            "0",
+        ]);
+    }
+    let o = builder(&["layer", "--from", path(&layer), "--cache", path(&cache)]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cached"),
+        "{o:?}"
+    );
+}

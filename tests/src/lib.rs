@@ -66,6 +66,37 @@ impl VmTier {
         c
     }
 
+    /// An OCI bundle in `dir/bundle` with a copy of the busybox tree
+    /// (`HUSK_TEST_ROOTFS_DIR`) and `husk spec`'s config, whose process runs `args`.
+    pub fn oci_bundle(&self, dir: &Path, args: &[&str]) -> PathBuf {
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let src = std::env::var_os("HUSK_TEST_ROOTFS_DIR").expect("HUSK_TEST_ROOTFS_DIR");
+        let cp = Command::new("cp")
+            .arg("-a")
+            .arg(&src)
+            .arg(bundle.join("rootfs"))
+            .output()
+            .unwrap();
+        assert!(cp.status.success(), "{}", show(&cp));
+        let o = output(Command::new(&self.husk).arg("spec").current_dir(&bundle));
+        assert!(o.status.success(), "{}", show(&o));
+        let path = bundle.join("config.json");
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        spec["process"]["args"] = serde_json::json!(args);
+        spec["process"]["terminal"] = serde_json::json!(false);
+        std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+        bundle
+    }
+
+    /// `husk --root ROOT` with stdin from /dev/null.
+    pub fn husk_oci(&self, root: &Path) -> Command {
+        let mut c = Command::new(&self.husk);
+        c.arg("--root").arg(root).stdin(Stdio::null());
+        c
+    }
+
     /// A private copy of the test rootfs image in `dir`.
     pub fn rootfs_copy(&self, dir: &Path, name: &str) -> PathBuf {
         let p = dir.join(name);
@@ -157,6 +188,27 @@ pub fn vsock_connect_retry(uds: &Path, port: u32, timeout: Duration) -> UnixStre
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Edits `bundle`'s config.json with `f`.
+pub fn edit_spec(bundle: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    f(&mut spec);
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+}
+
+/// No state directory under `root` and no process (sandbox) with `id` in its arguments.
+pub fn assert_nothing_left(root: &Path, id: &str) {
+    let left: Vec<_> = std::fs::read_dir(root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "state left behind: {left:?}");
+    assert!(
+        !process_with_arg_exists(id),
+        "a process of {id} was left behind"
+    );
 }
 
 /// Whether any process other than us has `needle` in its command line.

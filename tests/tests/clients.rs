@@ -877,3 +877,144 @@ fn shim_v2_reports_stats_and_oom_kills() {
     ok(c.ctr().args(["task", "rm", "shim-oom"]));
     ok(c.ctr().args(["containers", "rm", "shim-oom"]));
 }
+
+// ---------------------------------------------------------------- storage
+
+/// A host directory for a client test, on the test host's tmpfs.
+fn host_dir(name: &str) -> PathBuf {
+    let d = state_dir("volumes").join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn docker_volumes_and_files_copied_out_of_an_exited_container() {
+    let d = Docker::start();
+    let (data, conf) = (host_dir("docker-data"), host_dir("docker-conf"));
+    std::fs::write(data.join("from-host"), "host file\n").unwrap();
+    std::fs::write(conf.join("setting"), "ro\n").unwrap();
+    ok(d.docker().args(["volume", "create", "named"]));
+    let o = ok(d
+        .docker()
+        .args([
+            "run",
+            "--rm",
+            "--runtime",
+            "husk",
+            "--network",
+            "none",
+            "-v",
+        ])
+        .arg(format!("{}:/data", data.display()))
+        .arg("-v")
+        .arg(format!("{}:/conf:ro", conf.display()))
+        .args(["-v", "named:/vol", IMAGE, "sh", "-c"])
+        .arg(
+            "cat /data/from-host; echo written > /data/from-container; \
+             (echo x > /conf/setting) 2>/dev/null || echo conf-read-only; \
+             echo in-volume > /vol/v",
+        ));
+    assert_eq!(stdout(&o), "host file\nconf-read-only");
+    assert_eq!(
+        std::fs::read_to_string(data.join("from-container")).unwrap(),
+        "written\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(conf.join("setting")).unwrap(),
+        "ro\n"
+    );
+    let o = ok(d
+        .docker()
+        .args(["volume", "inspect", "-f", "{{.Mountpoint}}", "named"]));
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&stdout(&o)).join("v")).unwrap(),
+        "in-volume\n",
+        "the named volume holds the container's write"
+    );
+    // A build job: files written and deleted in the root, then copied out after exit.
+    ok(d.docker().args([
+        "run",
+        "--name",
+        "job",
+        "--runtime",
+        "husk",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "mkdir -p /out && echo artifact > /out/result; rm /etc/group",
+    ]));
+    let copy = state_dir("docker-cp").join("result");
+    ok(d.docker().args(["cp", "job:/out/result"]).arg(&copy));
+    assert_eq!(std::fs::read_to_string(&copy).unwrap(), "artifact\n");
+    let o = ok(d.docker().args(["diff", "job"]));
+    let diff = stdout(&o);
+    for line in ["A /out", "A /out/result", "D /etc/group"] {
+        assert!(diff.lines().any(|l| l == line), "{line:?} not in:\n{diff}");
+    }
+    ok(d.docker().args(["rm", "job"]));
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn podman_volumes_and_podman_cp_after_exit() {
+    let p = Podman::new();
+    let (data, ro) = (host_dir("podman-data"), host_dir("podman-ro"));
+    std::fs::write(data.join("from-host"), "host file\n").unwrap();
+    let o = ok(p
+        .podman()
+        .args(["run", "--rm", "--network", "none", "-v"])
+        .arg(format!("{}:/data", data.display()))
+        .arg("-v")
+        .arg(format!("{}:/ro:ro", ro.display()))
+        .args([IMAGE, "sh", "-c"])
+        .arg(
+            "cat /data/from-host; echo written > /data/from-container; \
+             (touch /ro/x) 2>/dev/null || echo ro-refused; cat /run/.containerenv >/dev/null && echo env",
+        ));
+    assert_eq!(stdout(&o), "host file\nro-refused\nenv");
+    assert_eq!(
+        std::fs::read_to_string(data.join("from-container")).unwrap(),
+        "written\n"
+    );
+    assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0);
+    ok(p.podman().args([
+        "run",
+        "--name",
+        "job",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo artifact > /result",
+    ]));
+    let copy = state_dir("podman-cp").join("result");
+    ok(p.podman().args(["cp", "job:/result"]).arg(&copy));
+    assert_eq!(std::fs::read_to_string(&copy).unwrap(), "artifact\n");
+    ok(p.podman().args(["rm", "job"]));
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn containerd_ctr_run_with_a_bind_mount() {
+    let c = Containerd::start();
+    let data = host_dir("ctr-data");
+    std::fs::write(data.join("from-host"), "host file\n").unwrap();
+    let o = ok(c
+        .ctr_run()
+        .args(["--rm", "--mount"])
+        .arg(format!(
+            "type=bind,src={},dst=/data,options=rbind:rw",
+            data.display()
+        ))
+        .args([IMAGE, "mount1", "sh", "-c"])
+        .arg("cat /data/from-host; echo written > /data/from-container"));
+    assert_eq!(stdout(&o), "host file");
+    assert_eq!(
+        std::fs::read_to_string(data.join("from-container")).unwrap(),
+        "written\n"
+    );
+}

@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use husk_tests::{
-    output, output_within, process_with_arg_exists, pseudo_random, sha256_hex, show,
-    vsock_connect_retry, VmTier,
+    assert_nothing_left, output, output_within, process_with_arg_exists, pseudo_random, sha256_hex,
+    show, vsock_connect_retry, VmTier,
 };
 
 const MIB64: usize = 64 << 20;
@@ -393,46 +393,12 @@ fn serial_log_shows_the_kernel_booting() {
     assert!(text.contains("Linux version"), "console log: {text}");
 }
 
-/// An OCI bundle in `dir` with a copy of the busybox tree and `husk spec`'s config, whose
-/// process runs `args`.
 fn oci_bundle(t: &VmTier, dir: &Path, args: &[&str]) -> std::path::PathBuf {
-    let bundle = dir.join("bundle");
-    std::fs::create_dir_all(&bundle).unwrap();
-    let src = std::env::var_os("HUSK_TEST_ROOTFS_DIR").expect("HUSK_TEST_ROOTFS_DIR");
-    let cp = Command::new("cp")
-        .arg("-a")
-        .arg(&src)
-        .arg(bundle.join("rootfs"))
-        .output()
-        .unwrap();
-    assert!(cp.status.success(), "{}", show(&cp));
-    let o = output(Command::new(&t.husk).arg("spec").current_dir(&bundle));
-    assert!(o.status.success(), "{}", show(&o));
-    let path = bundle.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    spec["process"]["args"] = serde_json::json!(args);
-    spec["process"]["terminal"] = serde_json::json!(false);
-    std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
-    bundle
-}
-
-/// No state directory under `root` and no process (sandbox) with `id` in its arguments.
-fn assert_nothing_left(root: &Path, id: &str) {
-    let left: Vec<_> = std::fs::read_dir(root)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "state left behind: {left:?}");
-    assert!(
-        !process_with_arg_exists(id),
-        "a process of {id} was left behind"
-    );
+    t.oci_bundle(dir, args)
 }
 
 fn husk_oci(t: &VmTier, root: &Path) -> Command {
-    let mut c = Command::new(&t.husk);
-    c.arg("--root").arg(root).stdin(Stdio::null());
-    c
+    t.husk_oci(root)
 }
 
 #[test]

@@ -20,7 +20,10 @@ use std::io::{self, Read, Write};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// Protocol version; both sides refuse a peer whose version differs.
+/// Protocol version; both sides refuse a peer whose version differs. Version 3 added
+/// layered roots ([`ContainerRoot::Layers`]), the shared directory
+/// ([`ContainerRequest::shared`]) [`Request::CommitRoot`], and
+/// container [`Request::Stats`] with [`Request::WaitOom`].
 pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest frame either side accepts (1 MiB).
 pub const MAX_FRAME_SIZE: u32 = 1 << 20;
@@ -28,6 +31,10 @@ pub const MAX_FRAME_SIZE: u32 = 1 << 20;
 pub const AGENT_CONTROL_PORT: u32 = 1024;
 /// vsock CID of the host, as seen from the guest.
 pub const HOST_CID: u32 = 2;
+/// The virtio-fs tag of the sandbox's shared directory.
+pub const SHARED_FS_TAG: &str = "husk";
+/// Where the agent mounts the shared directory in a guest.
+pub const SHARED_DIR: &str = "/run/husk/shared";
 
 /// Every capability the guest kernel (Linux 6.1) knows, by number (linux/capability.h).
 /// The agent maps config.json's names with it; `husk features` reports it.
@@ -195,6 +202,13 @@ pub enum Request {
         /// The container.
         container_id: String,
     },
+    /// Once a container's process has exited: end whatever is left of it and write the
+    /// changes its root's writable layer holds (new, changed and deleted files) into
+    /// [`LayeredRoot::commit_to`]. Answered with `Committed`.
+    CommitRoot {
+        /// The container.
+        container_id: String,
+    },
     /// Kill whatever is left of a container and release its mounts and root device.
     RemoveContainer {
         /// The container.
@@ -268,10 +282,57 @@ pub struct ContainerRequest {
     /// The bundle's `config.json`, as the host read and checked it. Its `root.path` is
     /// ignored: the root is `root` below (`root.readonly` still applies).
     pub spec: serde_json::Value,
-    /// The block device holding the container's root filesystem.
-    pub root: RootDisk,
+    /// The container's root filesystem.
+    pub root: ContainerRoot,
     /// How the process's stdio reaches the host (`terminal` follows `process.terminal`).
     pub stdio: StdioSpec,
+    /// The shared directory; the spec's bind mounts of host paths name files in it.
+    #[serde(default)]
+    pub shared: Option<SharedDir>,
+}
+
+/// Where a container's root filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ContainerRoot {
+    /// One block device holding the whole root.
+    Disk(RootDisk),
+    /// Read-only layers stacked by overlayfs over a writable layer of the container's own.
+    Layers(LayeredRoot),
+}
+
+impl From<RootDisk> for ContainerRoot {
+    fn from(disk: RootDisk) -> Self {
+        ContainerRoot::Disk(disk)
+    }
+}
+
+/// A root made of read-only layer disks and a scratch disk for the writable layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayeredRoot {
+    /// The read-only layers (erofs images), topmost first, as overlayfs's `lowerdir`
+    /// lists them. Whiteouts and opaque directories in them are overlayfs's own.
+    pub lowers: Vec<RootDisk>,
+    /// An empty file system for the writable layer (`upper/` and `work/` are made in it);
+    /// `None` for a read-only root.
+    pub scratch: Option<RootDisk>,
+    /// Extra overlayfs options the engine's own mount had (`userxattr`).
+    #[serde(default)]
+    pub overlay_options: Vec<String>,
+    /// A directory in the shared directory (guest path) holding the bundle's root, where
+    /// [`Request::CommitRoot`] writes the container's changes.
+    #[serde(default)]
+    pub commit_to: Option<String>,
+}
+
+/// The sandbox's shared directory in the guest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedDir {
+    /// The virtio-fs tag to mount at `path`; `None` when `path` already holds the shares
+    /// (an agent run as a host process).
+    pub tag: Option<String>,
+    /// Where the shares are.
+    pub path: String,
 }
 
 /// A block device that becomes a process's root filesystem.
@@ -345,6 +406,13 @@ pub enum Response {
     Exited {
         /// How it ended.
         status: ExitStatus,
+    },
+    /// Answer to `CommitRoot`.
+    Committed {
+        /// Entries created, replaced or removed in the bundle's root.
+        changes: u64,
+        /// What could not be written back, one line each.
+        skipped: Vec<String>,
     },
     /// Answer to `Ps`.
     Pids {
@@ -578,22 +646,48 @@ mod tests {
             body: Request::CreateContainer(ContainerRequest {
                 container_id: "c1".into(),
                 spec: spec.clone(),
-                root: RootDisk {
-                    device: "/dev/vda".into(),
-                    fstype: "ext4".into(),
-                    readonly: false,
-                },
+                root: ContainerRoot::Layers(LayeredRoot {
+                    lowers: vec![RootDisk {
+                        device: "/dev/vda".into(),
+                        fstype: "erofs".into(),
+                        readonly: true,
+                    }],
+                    scratch: Some(RootDisk {
+                        device: "/dev/vdb".into(),
+                        fstype: "ext4".into(),
+                        readonly: false,
+                    }),
+                    overlay_options: vec!["userxattr".into()],
+                    commit_to: Some(format!("{SHARED_DIR}/rootfs")),
+                }),
                 stdio: StdioSpec {
                     port: 7,
                     terminal: true,
                     ..StdioSpec::default()
                 },
+                shared: Some(SharedDir {
+                    tag: Some(SHARED_FS_TAG.into()),
+                    path: SHARED_DIR.into(),
+                }),
             }),
         };
         let mut buf = Vec::new();
         write_frame(&mut buf, &req).unwrap();
         let back: Envelope<Request> = read_frame(&mut Cursor::new(buf)).unwrap();
         assert_eq!(back, req);
+    }
+
+    #[test]
+    fn a_single_disk_root_and_no_shared_directory_read_as_before() {
+        let json = br#"{"id":1,"body":{"type":"create_container","container_id":"c",
+            "spec":{},"root":{"kind":"disk","device":"/dev/vda","fstype":"ext4",
+            "readonly":true},"stdio":{"port":1,"stdin":false,"stdout":true,"stderr":true}}}"#;
+        let back: Envelope<Request> = read_frame(&mut Cursor::new(framed(json))).unwrap();
+        let Request::CreateContainer(req) = back.body else {
+            panic!("not a create: {:?}", back.body);
+        };
+        assert_eq!(req.shared, None);
+        assert!(matches!(req.root, ContainerRoot::Disk(ref d) if d.readonly));
     }
 
     #[test]

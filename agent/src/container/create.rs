@@ -3,16 +3,16 @@
 //! "created" state). A failure anywhere undoes everything that was done.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use husk_protocol::ContainerRequest;
-use nix::mount::{self, MsFlags};
 use nix::sched::CloneFlags;
 use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
 
 use super::launch::{self, Launch, SetupChannel};
+use super::root::{mount_root, MountedRoot};
 use super::{unmount_root, Container};
 use crate::cgroup::Cgroup;
 use crate::exec::{connect_stdio, null_stdio};
@@ -24,6 +24,7 @@ use crate::setup::messages::{Job, NamespaceFd, Report, SetupConfig};
 struct Partial {
     dir: Option<PathBuf>,
     rootfs: Option<PathBuf>,
+    root: MountedRoot,
     cgroup: Option<Cgroup>,
     pid: Option<libc::pid_t>,
 }
@@ -68,13 +69,15 @@ pub fn create(agent: &Agent, req: &ContainerRequest) -> anyhow::Result<libc::pid
         let (dir, rootfs) = agent.containers.paths(id);
         std::fs::create_dir_all(&rootfs).with_context(|| format!("create {}", rootfs.display()))?;
         partial.dir = Some(dir.clone());
-        let readonly = req.root.readonly
-            || spec
-                .root()
-                .as_ref()
-                .and_then(|r| r.readonly())
-                .unwrap_or(false);
-        mount_root(req, &rootfs, readonly)?;
+        let readonly = spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false);
+        if let Some(shared) = &req.shared {
+            agent.containers.ensure_shared(shared)?;
+        }
+        partial.root = mount_root(&req.root, &dir, &rootfs, readonly)?;
         partial.rootfs = Some(rootfs.clone());
         let cgroup = agent.containers.cgroups.create(id)?;
         let cgroup_path = cgroup.path().to_owned();
@@ -144,6 +147,7 @@ pub fn create(agent: &Agent, req: &ContainerRequest) -> anyhow::Result<libc::pid
                 spec: req.spec.clone(),
                 dir,
                 rootfs,
+                root: std::mem::take(&mut partial.root),
                 cgroup: partial.cgroup.take().expect("made before the fork"),
                 start: std::sync::Mutex::new(Some(channel)),
                 execs: std::sync::Mutex::new(Vec::new()),
@@ -196,29 +200,6 @@ pub(super) fn early_end(agent: &Agent, exec_id: &str) -> String {
         }
         None => "the container setup process closed its socket without a report".into(),
     }
-}
-
-fn mount_root(req: &ContainerRequest, rootfs: &Path, readonly: bool) -> anyhow::Result<()> {
-    let flags = if readonly {
-        MsFlags::MS_RDONLY
-    } else {
-        MsFlags::empty()
-    };
-    mount::mount(
-        Some(req.root.device.as_str()),
-        rootfs,
-        Some(req.root.fstype.as_str()),
-        flags,
-        None::<&str>,
-    )
-    .with_context(|| {
-        format!(
-            "mount {} ({}) at {}",
-            req.root.device,
-            req.root.fstype,
-            rootfs.display()
-        )
-    })
 }
 
 /// The container's namespaces: those to create, and those to join by path (a pod's
@@ -341,7 +322,7 @@ fn undo(agent: &Agent, id: &str, partial: Partial) {
         }
     }
     match (partial.rootfs, partial.dir) {
-        (Some(rootfs), Some(dir)) => unmount_root(&rootfs, &dir),
+        (Some(rootfs), Some(dir)) => unmount_root(&rootfs, &partial.root.parts, &dir),
         (None, Some(dir)) => {
             let _ = std::fs::remove_dir(dir.join("rootfs"));
             let _ = std::fs::remove_dir(&dir);

@@ -6,11 +6,13 @@
 //! process's exec id is its container id, so `Wait` and `Signal` work on it as on any
 //! exec; execs into it are recorded here so that `Signal { all }` and removal find them.
 
+pub mod commit;
 pub mod create;
 pub mod exec;
 pub mod launch;
 pub mod ps;
 pub mod remove;
+pub mod root;
 pub mod signal;
 pub mod start;
 pub mod stats;
@@ -20,10 +22,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use anyhow::bail;
-use nix::mount::{self, MntFlags};
+use anyhow::{bail, Context};
+use nix::mount::{self, MntFlags, MsFlags};
 
 use self::launch::SetupChannel;
+use self::root::MountedRoot;
 use crate::cgroup::{Cgroup, CgroupRoot};
 
 /// Where container roots are mounted in the guest.
@@ -38,8 +41,10 @@ pub struct Container {
     pub spec: serde_json::Value,
     /// `<containers dir>/<id>`.
     pub dir: PathBuf,
-    /// Where its root disk is mounted.
+    /// Where its root is mounted.
     pub rootfs: PathBuf,
+    /// What the root is made of beneath it (layers, scratch disk) and its writable layer.
+    pub root: MountedRoot,
     /// Every process of the container is in it.
     pub cgroup: Cgroup,
     /// The setup process waiting for `Start`; `None` once started.
@@ -63,6 +68,8 @@ pub struct Containers {
     dir: PathBuf,
     cgroups: CgroupRoot,
     entries: Mutex<HashMap<String, Entry>>,
+    /// Where the shared directory was mounted, once it was.
+    shared: Mutex<Option<PathBuf>>,
 }
 
 /// A container id taken by a create; dropping it before [`Containers::commit`] frees it.
@@ -88,6 +95,7 @@ impl Containers {
             dir,
             cgroups: CgroupRoot::new(cgroups),
             entries: Mutex::new(HashMap::new()),
+            shared: Mutex::new(None),
         }
     }
 
@@ -177,15 +185,58 @@ impl Containers {
             .collect()
     }
 
-    /// At shutdown, after every process was killed: release every root disk.
+    /// At shutdown, after every process was killed: release every root disk and the
+    /// shared directory.
     pub fn unmount_all(&self) {
         for c in self.all() {
             let _ = c.cgroup.signal_all(libc::SIGKILL);
-            unmount_root(&c.rootfs, &c.dir);
+            unmount_root(&c.rootfs, &c.root.parts, &c.dir);
             if let Err(e) = c.cgroup.remove(Duration::from_secs(1)) {
                 diag!("container {:?}: {e:#}", c.id);
             }
         }
+        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(path) = shared.take() {
+            if let Err(e) = mount::umount2(&path, MntFlags::MNT_DETACH) {
+                diag!("unmount the shared directory {}: {e}", path.display());
+            }
+        }
+    }
+
+    /// Makes sure the shared directory is where `shared` says (mounting it the first time a
+    /// container needs it).
+    pub fn ensure_shared(&self, shared: &husk_protocol::SharedDir) -> anyhow::Result<()> {
+        let path = PathBuf::from(&shared.path);
+        let mut mounted = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        match (&*mounted, &shared.tag) {
+            (Some(p), _) if *p == path => return Ok(()),
+            (Some(p), _) => bail!(
+                "the shared directory is mounted at {}, not {}",
+                p.display(),
+                path.display()
+            ),
+            (None, None) => {
+                if !path.is_dir() {
+                    bail!("shared directory {} does not exist", path.display());
+                }
+                return Ok(());
+            }
+            (None, Some(tag)) => {
+                std::fs::create_dir_all(&path)
+                    .with_context(|| format!("create {}", path.display()))?;
+                mount::mount(
+                    Some(tag.as_str()),
+                    &path,
+                    Some("virtiofs"),
+                    MsFlags::empty(),
+                    None::<&str>,
+                )
+                .with_context(|| format!("mount virtio-fs {tag:?} at {}", path.display()))?;
+                diag!("mounted virtio-fs {tag:?} at {}", path.display());
+            }
+        }
+        *mounted = Some(path);
+        Ok(())
     }
 
     fn paths(&self, id: &str) -> (PathBuf, PathBuf) {
@@ -211,9 +262,9 @@ fn check_id(id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Unmounts a container's root (detaching it if something still holds it) and removes its
-/// directories, never anything beneath a mount.
-fn unmount_root(rootfs: &Path, dir: &Path) {
+/// Unmounts a container's root (detaching it if something still holds it), then what it
+/// was made of, and removes its directories, never anything beneath a mount.
+fn unmount_root(rootfs: &Path, parts: &[PathBuf], dir: &Path) {
     if let Err(e) = mount::umount2(rootfs, MntFlags::empty()) {
         if e != nix::errno::Errno::EINVAL {
             diag!("unmount {}: {e}; detaching it", rootfs.display());
@@ -222,6 +273,7 @@ fn unmount_root(rootfs: &Path, dir: &Path) {
             }
         }
     }
+    root::unmount_parts(parts);
     for d in [rootfs, dir] {
         if let Err(e) = std::fs::remove_dir(d) {
             if e.kind() != std::io::ErrorKind::NotFound {

@@ -37,7 +37,7 @@ pub fn remove(agent: &Agent, id: &str) -> anyhow::Result<()> {
         agent.table.forget(&exec_id);
     }
     let removed = container.cgroup.remove(KILL_TIMEOUT);
-    unmount_root(&container.rootfs, &container.dir);
+    unmount_root(&container.rootfs, &container.root.parts, &container.dir);
     agent.containers.end_removal(id);
     diag!("container {id:?} removed");
     killed

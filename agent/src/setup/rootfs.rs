@@ -18,10 +18,6 @@ use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 use super::mount_options::{self, MountOptions};
 use super::paths::resolve_in_root;
 
-/// Bind sources the engines write on the host (the host copies them into the image);
-/// when the guest has no such file the mount is skipped, not an error.
-const ENGINE_FILES: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
-
 /// Devices every container gets: (path, major, minor), character devices, mode 0666.
 const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
     ("/dev/null", 1, 3),
@@ -86,7 +82,7 @@ pub fn prepare(
         .context("mount a tmpfs on /dev")?;
     }
     for m in mounts {
-        mount_one(rootfs, m, plan, log).with_context(|| {
+        mount_one(rootfs, m, plan).with_context(|| {
             format!(
                 "mount {} on {}",
                 m.typ().as_deref().unwrap_or("bind"),
@@ -139,12 +135,7 @@ fn is_bind(m: &Mount, options: &MountOptions) -> bool {
     m.typ().as_deref() == Some("bind") || options.bind
 }
 
-fn mount_one(
-    rootfs: &Path,
-    m: &Mount,
-    plan: &RootfsPlan<'_>,
-    log: &mut dyn FnMut(String),
-) -> anyhow::Result<()> {
+fn mount_one(rootfs: &Path, m: &Mount, plan: &RootfsPlan<'_>) -> anyhow::Result<()> {
     let options = options_of(m);
     let destination = m.destination();
     if !destination.is_absolute() {
@@ -157,17 +148,10 @@ fn mount_one(
             .source()
             .as_deref()
             .context("a bind mount needs a source")?;
+        // Host paths arrive as paths in the shared directory (the host rewrote them).
         let meta = match fs::metadata(source) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if ENGINE_FILES.iter().any(|f| Path::new(f) == destination) {
-                    log(format!(
-                        "skipping the bind mount of {} on {}: not in the guest",
-                        source.display(),
-                        destination.display()
-                    ));
-                    return Ok(());
-                }
                 bail!(
                     "bind source {} does not exist in the guest",
                     source.display()

@@ -1,13 +1,13 @@
 //! An OCI bundle as husk reads it: `config.json` checked up front, the root filesystem
 //! directory, and what the host must prepare for the guest.
 //!
-//! husk has no file sharing between host and guest yet, so bind mounts are handled here:
-//! a bind of a regular file (the /etc/hosts, /etc/resolv.conf and /etc/hostname engines
-//! inject) is copied into the root filesystem image at its destination, and the guest
-//! agent skips the mount because its source does not exist in the guest; a bind of a
-//! directory (a volume) is refused, naming the path. The one exception is `/dev/shm`:
-//! engines bind a host tmpfs there for IPC between containers of a pod, which cannot
-//! cross a VM boundary anyway, so the guest gets a tmpfs of its own instead.
+//! Every bind mount of a host path becomes a share (see [`crate::shares`]): a directory or
+//! a regular file the guest reaches over virtio-fs, live, and binds where config.json
+//! says (the guest's spec names it by its place in the shared directory). What cannot
+//! cross a VM boundary is refused here, naming the path: sockets, devices and FIFOs as
+//! sources, a read-write bind of something on a read-only file system. The one exception
+//! is `/dev/shm`: engines bind a host tmpfs there for IPC between containers of a pod,
+//! which cannot cross a VM boundary anyway, so the guest gets a tmpfs of its own.
 
 use std::path::{Path, PathBuf};
 
@@ -22,13 +22,60 @@ pub const MEMORY_HEADROOM_MIB: u64 = 128;
 /// The VMM's vCPU limit.
 pub const MAX_VCPUS: u8 = 32;
 
-/// A host file bind-mounted into the container; it is copied into the root image.
+/// What a share is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareKind {
+    /// A directory (a volume).
+    Directory,
+    /// A regular file (`/etc/hosts`, a secret).
+    File,
+}
+
+impl ShareKind {
+    /// The kind of `meta`, or why it cannot be shared.
+    pub fn of(meta: &std::fs::Metadata) -> Result<Self> {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_dir() {
+            Ok(Self::Directory)
+        } else if t.is_file() {
+            Ok(Self::File)
+        } else if t.is_socket() {
+            bail!("is a unix socket, which cannot cross the VM boundary")
+        } else if t.is_block_device() || t.is_char_device() {
+            bail!("is a device node, which cannot cross the VM boundary")
+        } else if t.is_fifo() {
+            bail!("is a FIFO, which cannot cross the VM boundary")
+        } else {
+            bail!("is not a regular file or directory")
+        }
+    }
+}
+
+impl std::fmt::Display for ShareKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Directory => "directory",
+            Self::File => "file",
+        })
+    }
+}
+
+/// A host directory or file bind-mounted into the container, shared with the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileBind {
-    /// The file on the host.
+pub struct Share {
+    /// Its name in the shared directory (`s0`, `s1`, ...).
+    pub name: String,
+    /// The host path, symlinks resolved.
     pub source: PathBuf,
     /// Where it appears in the container.
     pub destination: PathBuf,
+    /// Directory or file.
+    pub kind: ShareKind,
+    /// Mounted read-only (the host enforces it).
+    pub readonly: bool,
+    /// `rbind`: the host's mounts beneath the source come along.
+    pub recursive: bool,
 }
 
 /// A bundle whose config.json has been read and checked.
@@ -43,8 +90,8 @@ pub struct Bundle {
     pub raw: serde_json::Value,
     /// The root filesystem directory (absolute).
     pub rootfs: PathBuf,
-    /// Files to copy into the root image.
-    pub file_binds: Vec<FileBind>,
+    /// Bind mounts of host paths, by their index in config.json's `mounts`.
+    pub shares: Vec<(usize, Share)>,
 }
 
 impl Bundle {
@@ -81,13 +128,13 @@ impl Bundle {
             Ok(p) => bail!("rootfs {} is not a directory", p.display()),
             Err(_) => bail!("rootfs {} does not exist", rootfs.display()),
         };
-        let file_binds = check_mounts(spec.mounts().as_deref().unwrap_or_default())?;
+        let shares = check_mounts(spec.mounts().as_deref().unwrap_or_default())?;
         Ok(Self {
             dir,
             spec,
             raw,
             rootfs,
-            file_binds,
+            shares,
         })
     }
 
@@ -153,22 +200,17 @@ impl Bundle {
         self.spec.annotations().clone()
     }
 
-    /// config.json as the guest gets it: as read, without the file bind mounts (their
-    /// files are in the root image already, at their destinations) and with a `/dev/shm`
-    /// directory bind turned into a tmpfs of the guest's own.
-    pub fn guest_spec(&self) -> serde_json::Value {
+    /// config.json as the guest gets it: as read, with each bind mount's source the
+    /// share's place in the guest's shared directory `shared` and a `/dev/shm` directory
+    /// bind turned into a tmpfs of the guest's own.
+    pub fn guest_spec(&self, shared: &str) -> serde_json::Value {
         let mut raw = self.raw.clone();
         if let Some(mounts) = raw.get_mut("mounts").and_then(|m| m.as_array_mut()) {
-            mounts.retain(|m| {
-                let Ok(mount) = serde_json::from_value::<Mount>(m.clone()) else {
-                    return true;
-                };
-                !(is_bind(&mount)
-                    && self
-                        .file_binds
-                        .iter()
-                        .any(|f| f.destination == *mount.destination()))
-            });
+            for (index, share) in &self.shares {
+                if let Some(m) = mounts.get_mut(*index) {
+                    m["source"] = serde_json::Value::String(format!("{shared}/{}", share.name));
+                }
+            }
             for m in mounts.iter_mut() {
                 if is_shm_dir_bind(m) {
                     *m = serde_json::json!({
@@ -200,62 +242,78 @@ fn is_shm_dir_bind(m: &serde_json::Value) -> bool {
         && mount.source().as_ref().is_some_and(|s| s.is_dir())
 }
 
-/// Refuses directory binds (except `/dev/shm`) and returns the file binds.
-fn check_mounts(mounts: &[Mount]) -> Result<Vec<FileBind>> {
-    let mut files = Vec::new();
-    for m in mounts.iter().filter(|m| is_bind(m)) {
+/// Whether a bind's options make it read-only (the last of `ro`/`rw` wins, as in runc).
+fn bind_readonly(m: &Mount) -> bool {
+    m.options()
+        .iter()
+        .flatten()
+        .fold(false, |ro, o| match o.as_str() {
+            "ro" | "rro" => true,
+            "rw" => false,
+            _ => ro,
+        })
+}
+
+fn bind_recursive(m: &Mount) -> bool {
+    m.options().iter().flatten().any(|o| o == "rbind")
+}
+
+/// Checks every bind mount and returns the shares (a `/dev/shm` directory bind is not one:
+/// the guest gets a tmpfs).
+fn check_mounts(mounts: &[Mount]) -> Result<Vec<(usize, Share)>> {
+    let mut shares = Vec::new();
+    for (index, m) in mounts.iter().enumerate().filter(|(_, m)| is_bind(m)) {
         let dest = m.destination();
         let Some(source) = m.source() else {
             bail!("bind mount at {} has no source", dest.display());
         };
-        let meta = std::fs::metadata(source).with_context(|| {
-            format!(
-                "bind mount source {} (for {}) does not exist",
+        if !dest.is_absolute() {
+            bail!("bind mount destination {} is not absolute", dest.display());
+        }
+        let meta = std::fs::metadata(source).map_err(|e| {
+            anyhow::anyhow!(
+                "bind mount source {} (for {}) does not exist: {e}",
                 source.display(),
                 dest.display()
             )
         })?;
-        if meta.is_dir() {
-            if dest == Path::new("/dev/shm") {
-                continue;
+        let kind = ShareKind::of(&meta).with_context(|| {
+            format!(
+                "bind mount source {} (for {})",
+                source.display(),
+                dest.display()
+            )
+        })?;
+        if kind == ShareKind::Directory && dest == Path::new("/dev/shm") {
+            continue;
+        }
+        let readonly = bind_readonly(m);
+        if !readonly {
+            let ro_fs = nix::sys::statvfs::statvfs(source)
+                .is_ok_and(|st| st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
+            if ro_fs {
+                bail!(
+                    "bind mount source {} (for {}) is on a read-only file system: mount it with \"ro\"",
+                    source.display(),
+                    dest.display()
+                );
             }
-            bail!(
-                "bind mount of directory {} at {} is not supported: husk has no host file \
-                 sharing yet (only regular files can be bind-mounted)",
-                source.display(),
-                dest.display()
-            );
         }
-        if !meta.is_file() {
-            bail!(
-                "bind mount source {} (for {}) is not a regular file or directory",
-                source.display(),
-                dest.display()
-            );
-        }
-        if !dest.is_absolute() {
-            bail!("bind mount destination {} is not absolute", dest.display());
-        }
-        // The copy lives in the root image: another mount over a parent directory
-        // (a tmpfs on /dev or /run, say) would hide it.
-        if let Some(parent) = mounts
-            .iter()
-            .map(|o| o.destination())
-            .find(|d| *d != dest && dest.starts_with(d) && *d != Path::new("/"))
-        {
-            bail!(
-                "bind mount of file {} at {} is not supported: it lies inside the mount at {},                  and husk copies bind-mounted files into the root image",
-                source.display(),
-                dest.display(),
-                parent.display()
-            );
-        }
-        files.push(FileBind {
-            source: source.clone(),
-            destination: dest.clone(),
-        });
+        let source = std::fs::canonicalize(source)
+            .with_context(|| format!("resolving bind mount source {}", source.display()))?;
+        shares.push((
+            index,
+            Share {
+                name: format!("s{}", shares.len()),
+                source,
+                destination: dest.clone(),
+                kind,
+                readonly,
+                recursive: bind_recursive(m),
+            },
+        ));
     }
-    Ok(files)
+    Ok(shares)
 }
 
 /// Number of CPUs in a cpuset list such as `0-3,8`.
@@ -355,52 +413,106 @@ mod tests {
     }
 
     #[test]
-    fn directory_binds_are_refused_naming_the_path_and_file_binds_are_collected() {
+    fn binds_become_shares_and_the_guest_spec_names_them_in_the_shared_directory() {
         let host = tempfile::tempdir().unwrap();
         let hosts = host.path().join("hosts");
         std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+        let data = host.path().join("data");
+        std::fs::create_dir(&data).unwrap();
         let mut c = minimal();
         c["mounts"] = json!([
+            {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/etc/hosts", "type": "bind", "source": hosts, "options": ["rbind", "ro"]},
-            {"destination": "/proc", "type": "proc", "source": "proc"}]);
-        let (_d, b) = bundle_with(c.clone());
-        let b = b.unwrap();
-        assert_eq!(
-            b.file_binds,
-            vec![FileBind {
-                source: hosts.clone(),
-                destination: "/etc/hosts".into()
-            }]
-        );
-        let guest = b.guest_spec();
-        let guest_mounts = guest["mounts"].as_array().unwrap();
-        assert_eq!(guest_mounts.len(), 1, "the file bind is left to the image");
-        assert_eq!(guest_mounts[0]["destination"], "/proc");
-        c["mounts"] = json!([{"destination": "/data", "type": "none",
-                              "source": host.path(), "options": ["rbind"]}]);
+            {"destination": "/data", "type": "none", "source": data, "options": ["rbind", "ro", "rw"]},
+            {"destination": "/data/sub", "type": "bind", "source": data, "options": ["bind"]}]);
         let (_d, b) = bundle_with(c);
-        let e = b.unwrap_err().to_string();
-        assert!(
-            e.contains(&host.path().display().to_string()) && e.contains("/data"),
-            "{e}"
+        let b = b.unwrap();
+        let shares: Vec<_> = b.shares.iter().map(|(i, s)| (*i, s.clone())).collect();
+        assert_eq!(shares.len(), 3);
+        assert_eq!(shares[0].0, 1);
+        assert_eq!(shares[0].1.kind, ShareKind::File);
+        assert!(shares[0].1.readonly && shares[0].1.recursive);
+        assert_eq!(shares[1].1.kind, ShareKind::Directory);
+        assert!(!shares[1].1.readonly, "the last of ro/rw wins");
+        assert!(!shares[2].1.recursive);
+        assert_eq!(
+            shares
+                .iter()
+                .map(|(_, s)| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["s0", "s1", "s2"]
         );
+        let guest = b.guest_spec("/run/husk/shared");
+        let m = guest["mounts"].as_array().unwrap();
+        assert_eq!(m.len(), 4, "nothing dropped");
+        assert_eq!(m[0]["source"], "proc");
+        assert_eq!(m[1]["source"], "/run/husk/shared/s0");
+        assert_eq!(m[3]["source"], "/run/husk/shared/s2");
     }
 
     #[test]
-    fn file_binds_hidden_by_another_mount_are_refused() {
+    fn sources_that_cannot_cross_the_vm_boundary_are_refused_naming_them() {
         let host = tempfile::tempdir().unwrap();
-        let log = host.path().join("termination-log");
-        std::fs::write(&log, "").unwrap();
+        let sock = host.path().join("app.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let missing = host.path().join("missing");
+        for (source, want) in [
+            (sock.clone(), "unix socket"),
+            (PathBuf::from("/dev/null"), "device node"),
+            (missing.clone(), "does not exist"),
+        ] {
+            let mut c = minimal();
+            c["mounts"] = json!([{"destination": "/x", "type": "bind",
+                                  "source": source, "options": ["rbind"]}]);
+            let (_d, b) = bundle_with(c);
+            let e = format!("{:#}", b.unwrap_err());
+            assert!(
+                e.contains(&source.display().to_string()) && e.contains(want),
+                "{e}"
+            );
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+    }
+
+    #[test]
+    fn a_read_write_bind_of_a_read_only_file_system_is_refused() {
         let mut c = minimal();
-        c["mounts"] = json!([
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
-            {"destination": "/dev/termination-log", "type": "bind", "source": log, "options": ["rbind"]}]);
-        let (_d, b) = bundle_with(c);
-        let e = b.unwrap_err().to_string();
+        // /proc/sys is read-only... only in a container; sysfs under /sys/fs/cgroup varies.
+        // A read-only bind made for the test is certain.
         assert!(
-            e.contains("/dev/termination-log") && e.contains("inside the mount at /dev"),
-            "{e}"
+            nix::unistd::geteuid().is_root(),
+            "this test mounts and needs root"
         );
+        let host = tempfile::tempdir().unwrap();
+        let ro = host.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        nix::mount::mount(
+            Some(&ro),
+            &ro,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        nix::mount::mount(
+            None::<&str>,
+            &ro,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND
+                | nix::mount::MsFlags::MS_REMOUNT
+                | nix::mount::MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .unwrap();
+        c["mounts"] =
+            json!([{"destination": "/x", "type": "bind", "source": ro, "options": ["rbind"]}]);
+        let (_d, b) = bundle_with(c.clone());
+        let e = b.unwrap_err().to_string();
+        c["mounts"][0]["options"] = json!(["rbind", "ro"]);
+        let (_d2, ok) = bundle_with(c);
+        nix::mount::umount2(&ro, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        assert!(e.contains("read-only file system"), "{e}");
+        assert!(ok.is_ok(), "asked read-only, it is fine");
     }
 
     #[test]
@@ -411,7 +523,10 @@ mod tests {
                               "source": host.path(), "options": ["rbind"]}]);
         let (_d, b) = bundle_with(c);
         let b = b.unwrap();
-        assert!(b.file_binds.is_empty());
-        assert_eq!(b.guest_spec()["mounts"][0]["type"], "tmpfs");
+        assert!(b.shares.is_empty());
+        assert_eq!(
+            b.guest_spec("/run/husk/shared")["mounts"][0]["type"],
+            "tmpfs"
+        );
     }
 }

@@ -9,7 +9,9 @@
 //! - [`sandbox`]: the sandbox process that holds a container's VM (or, in tests, a host
 //!   agent process), and [`control`], the socket the operations reach it through.
 //! - [`agent`]: reaching the guest agent; [`stdio`]: a guest process's stdio on the host.
-//! - [`rootfs`]: the container's root filesystem image.
+//! - [`rootfs`]: the container's root filesystem (cached read-only layers, a scratch disk);
+//!   [`shares`]: host directories and files shared with the guest; [`mounts`]: the host's
+//!   mount table and removing a directory without reaching through a mount.
 
 pub mod agent;
 pub mod bundle;
@@ -17,9 +19,11 @@ pub mod container;
 pub mod control;
 pub mod globals;
 pub mod logging;
+pub mod mounts;
 pub mod procfs;
 pub mod rootfs;
 pub mod sandbox;
+pub mod shares;
 pub mod signal;
 pub mod sockdir;
 pub mod state;

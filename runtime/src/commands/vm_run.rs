@@ -132,6 +132,7 @@ pub fn run(args: VmRunArgs) -> Result<i32> {
             guest_cid: GUEST_CID,
             uds_path: uds.clone(),
         }),
+        fs: None,
         serial_log: args.serial_log.clone(),
     };
     let vm = husk_vmm::start_vm(&config).context("starting the microVM")?;

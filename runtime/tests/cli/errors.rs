@@ -113,17 +113,143 @@ fn missing_rootfs_fails_cleanly() {
 }
 
 #[test]
-fn directory_bind_mount_is_refused_naming_the_path() {
+fn bind_sources_that_cannot_be_shared_fail_create_naming_them() {
     let env = Env::new();
-    let volume = tempfile::tempdir().unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let sock = host.path().join("app.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let ro = host.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let ro_mount = ReadOnlyBind::new(&ro);
+    let missing = host.path().join("missing");
+    for (source, options, needle) in [
+        (missing.clone(), json!(["rbind"]), "does not exist"),
+        (sock.clone(), json!(["rbind"]), "unix socket"),
+        (
+            std::path::PathBuf::from("/dev/null"),
+            json!(["bind"]),
+            "device node",
+        ),
+        (ro.clone(), json!(["rbind", "rw"]), "read-only file system"),
+    ] {
+        let mut bundle = Bundle::new(&["true"]);
+        bundle.config["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/data", "type": "bind",
+                         "source": source, "options": options}));
+        bundle.save();
+        assert_create_fails_cleanly(&env, &bundle, needle);
+        let e = String::from_utf8_lossy(&std::fs::read(env.root().join("log.json")).unwrap())
+            .into_owned();
+        assert!(e.contains(&source.display().to_string()), "{e}");
+    }
+    drop(ro_mount);
+}
+
+#[test]
+fn a_file_bound_where_the_root_has_a_directory_fails_create_cleanly() {
+    let env = Env::new();
+    let host = tempfile::tempdir().unwrap();
+    let file = host.path().join("file");
+    std::fs::write(&file, "x").unwrap();
     let mut bundle = Bundle::new(&["true"]);
+    // /etc is a directory in the bundle's root.
     bundle.config["mounts"]
         .as_array_mut()
         .unwrap()
-        .push(json!({"destination": "/data", "type": "bind",
-                     "source": volume.path(), "options": ["rbind", "rw"]}));
+        .push(json!({"destination": "/etc", "type": "bind", "source": file, "options": ["bind"]}));
     bundle.save();
-    assert_create_fails_cleanly(&env, &bundle, &volume.path().display().to_string());
+    assert_create_fails_cleanly(&env, &bundle, "/etc");
+}
+
+#[test]
+fn a_share_swapped_during_create_is_never_mounted_as_something_else() {
+    // A thread flips the source between a directory and a socket while creates run: each
+    // create either shares the directory or refuses the socket, and leaves nothing.
+    let env = Env::new();
+    let host = tempfile::tempdir().unwrap();
+    let (dir, sock, link) = (
+        host.path().join("dir"),
+        host.path().join("sock"),
+        host.path().join("src"),
+    );
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("marker"), "the directory\n").unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (stop, dir, sock, link) = (stop.clone(), dir.clone(), sock.clone(), link.clone());
+        let tmp = link.with_extension("tmp");
+        std::thread::spawn(move || {
+            let mut to_dir = false;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::remove_file(&tmp);
+                std::os::unix::fs::symlink(if to_dir { &dir } else { &sock }, &tmp).unwrap();
+                std::fs::rename(&tmp, &link).unwrap();
+                to_dir = !to_dir;
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        })
+    };
+    let mut bundle = Bundle::new(&["cat", "/data/marker"]);
+    bundle.config["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/data", "type": "bind", "source": link, "options": ["rbind"]}),
+    );
+    bundle.save();
+    let (mut created, mut refused) = (0, 0);
+    for i in 0..6 {
+        let id = unique_id(&format!("swap{i}"));
+        // A created container's sandbox keeps create's stdio: files, not pipes.
+        let err_file = host.path().join(format!("create-{i}.err"));
+        let mut c = env.husk();
+        c.args(["create", "--bundle", &bundle.path_str(), &id])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err_file).unwrap());
+        let status = crate::support::output_within_status(&mut c, Duration::from_secs(120));
+        if status.success() {
+            created += 1;
+            env.ok(["delete", "--force", &id]);
+        } else {
+            refused += 1;
+            let err = std::fs::read_to_string(&err_file).unwrap();
+            assert!(
+                err.contains("unix socket") || err.contains("changed"),
+                "{err}"
+            );
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+        }
+        env.assert_nothing_left(&id);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flipper.join().unwrap();
+    assert_eq!(created + refused, 6);
+}
+
+/// A read-only bind of a directory onto itself, undone when dropped.
+struct ReadOnlyBind(std::path::PathBuf);
+
+impl ReadOnlyBind {
+    fn new(dir: &std::path::Path) -> Self {
+        use nix::mount::{mount, MsFlags};
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .unwrap();
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for ReadOnlyBind {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 #[test]

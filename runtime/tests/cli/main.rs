@@ -6,5 +6,6 @@ mod errors;
 mod exec;
 mod lifecycle;
 mod stdio;
+mod storage;
 mod support;
 mod terminal;

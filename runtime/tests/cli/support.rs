@@ -57,10 +57,11 @@ pub fn require_process_backend() {
     );
 }
 
-/// A private `--root` and log file.
+/// A private `--root`, log file and layer cache.
 pub struct Env {
     root: TempDir,
     log: PathBuf,
+    cache: TempDir,
 }
 
 impl Env {
@@ -71,7 +72,16 @@ impl Env {
             .tempdir()
             .unwrap();
         let log = root.path().join("log.json");
-        Self { root, log }
+        let cache = tempfile::Builder::new()
+            .prefix("husk-test-layers-")
+            .tempdir()
+            .unwrap();
+        Self { root, log, cache }
+    }
+
+    /// The layer cache this environment's husk uses.
+    pub fn cache(&self) -> &Path {
+        self.cache.path()
     }
 
     pub fn root(&self) -> &Path {
@@ -89,6 +99,7 @@ impl Env {
             .arg("json")
             .env("HUSK_SANDBOX_BACKEND", "process")
             .env("HUSK_AGENT_BIN", agent_bin())
+            .env("HUSK_LAYER_CACHE", self.cache.path())
             .env_remove("HUSK_LOG")
             .stdin(Stdio::null());
         c
@@ -173,7 +184,15 @@ impl Env {
         loop {
             let mut procs = processes_mentioning(&dir_marker);
             procs.extend(processes_mentioning(&id_marker));
-            let loops = loop_devices_backed_under(&dir);
+            let mut loops = loop_devices_backed_under(&dir);
+            // Layer images are shared: they are this container's only once no other
+            // container of this environment is left.
+            let others = std::fs::read_dir(self.root())
+                .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+                .unwrap_or(0);
+            if others == 0 {
+                loops.extend(loop_devices_backed_under(self.cache.path()));
+            }
             let mounts = mounts_under(&dir);
             if procs.is_empty() && loops.is_empty() && mounts.is_empty() {
                 return;
@@ -356,6 +375,23 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
             );
             panic!("{cmd:?} did not finish within {limit:?}");
         }
+    }
+}
+
+/// Runs `cmd` (its stdio set by the caller) and returns its status; kills it and fails the
+/// test if it has not finished within `limit`.
+pub fn output_within_status(cmd: &mut Command, limit: Duration) -> std::process::ExitStatus {
+    let mut child = cmd.spawn().expect("running husk");
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().expect("waiting for husk") {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

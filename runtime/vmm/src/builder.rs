@@ -21,6 +21,7 @@ use crate::device_manager::{DeviceLoop, MmioBus};
 use crate::devices::legacy::serial::SerialConsole;
 use crate::devices::legacy::PortIoBus;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{EventRegistrar, Interrupt, VirtioDevice};
@@ -50,7 +51,8 @@ fn validate(config: &VmConfig) -> Result<(), VmmError> {
             config.mem_mib
         )));
     }
-    let devices = config.disks.len() + usize::from(config.vsock.is_some());
+    let devices =
+        config.disks.len() + usize::from(config.vsock.is_some()) + usize::from(config.fs.is_some());
     if devices > (IRQ_MAX - VIRTIO_IRQ_START + 1) as usize {
         return Err(VmmError::Config(format!(
             "{devices} devices requested; too many"
@@ -254,6 +256,7 @@ pub fn start_vm(config: &VmConfig) -> Result<RunningVm, VmmError> {
             .map_err(|e| VmmError::Setup(format!("vsock socket {}: {e}", v.uds_path.display())))?;
         devices.push(Box::new(dev));
     }
+    attach_fs_device(config, &mut devices)?;
 
     let epoll = Arc::new(Epoll::new().map_err(setup("epoll"))?);
     let mut bus = MmioBus::default();
@@ -343,4 +346,16 @@ pub fn start_vm(config: &VmConfig) -> Result<RunningVm, VmmError> {
         _vm: vm,
         bus,
     })
+}
+
+/// Adds the virtio-fs device, if the VM shares a directory. Its request thread starts here,
+/// with the VMM's other setup threads.
+fn attach_fs_device(
+    config: &VmConfig,
+    devices: &mut Vec<Box<dyn VirtioDevice>>,
+) -> Result<(), VmmError> {
+    if let Some(fs) = &config.fs {
+        devices.push(Box::new(Fs::new(fs)?));
+    }
+    Ok(())
 }

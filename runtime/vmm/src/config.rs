@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+pub use crate::devices::virtio::fs::FsConfig;
+
 /// A disk attached as virtio-blk (`/dev/vda`, `/dev/vdb`, ... in attachment order).
 #[derive(Debug, Clone)]
 pub struct DiskConfig {
@@ -38,6 +40,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// The vsock device, if any.
     pub vsock: Option<VsockConfig>,
+    /// The virtio-fs device exporting the sandbox's shared directory, if any.
+    pub fs: Option<FsConfig>,
     /// Log file for the guest's serial console; no console at all when `None`.
     pub serial_log: Option<PathBuf>,
 }
@@ -53,6 +57,7 @@ impl VmConfig {
             mem_mib: 128,
             disks: Vec::new(),
             vsock: None,
+            fs: None,
             serial_log: None,
         }
     }

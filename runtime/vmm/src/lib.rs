@@ -15,7 +15,7 @@ pub mod devices;
 pub mod vstate;
 
 pub use builder::{start_vm, RunningVm};
-pub use config::{DiskConfig, VmConfig, VsockConfig};
+pub use config::{DiskConfig, FsConfig, VmConfig, VsockConfig};
 pub use control::VmExit;
 
 /// Everything that can go wrong building a VM, each naming what it was about.
@@ -39,6 +39,9 @@ pub enum VmmError {
     /// A disk.
     #[error(transparent)]
     Block(#[from] devices::virtio::block::BlockError),
+    /// The shared directory.
+    #[error(transparent)]
+    Fs(#[from] devices::virtio::fs::FsError),
     /// Any other setup step.
     #[error("{0}")]
     Setup(String),

@@ -200,8 +200,9 @@ impl ContainerHost {
             .request(Request::CreateContainer(ContainerRequest {
                 container_id: id.into(),
                 spec: spec.clone(),
-                root: self.root(),
+                root: self.root().into(),
                 stdio: stdio.clone(),
+                shared: None,
             }));
         match response {
             Response::Started { pid } => {
@@ -232,8 +233,9 @@ impl ContainerHost {
             .request(Request::CreateContainer(ContainerRequest {
                 container_id: id.into(),
                 spec: spec.clone(),
-                root: self.root(),
+                root: self.root().into(),
                 stdio,
+                shared: None,
             }));
         let Response::Started { pid } = response else {
             panic!("create {id} with a terminal: {response:?}");

@@ -15,10 +15,10 @@ pub struct GuestSpec<'a> {
     pub dir: PathBuf,
     /// Sockets in that directory, by short paths.
     pub sockets: &'a SocketDir,
-    /// The root filesystem image.
-    pub image: PathBuf,
-    /// Attach it read-only.
-    pub readonly: bool,
+    /// Disks, in the order the guest gets them: the root's layers, then its scratch disk.
+    pub disks: Vec<GuestDisk>,
+    /// The shared directory to export to the guest (see [`crate::shares`]).
+    pub shared_dir: Option<PathBuf>,
     /// Guest memory.
     pub memory_mib: u64,
     /// vCPUs.
@@ -27,12 +27,23 @@ pub struct GuestSpec<'a> {
     pub debug: bool,
 }
 
+/// A disk for the guest.
+#[derive(Debug, Clone)]
+pub struct GuestDisk {
+    /// The image (a `/proc/self/fd/N` path for a cached layer this process holds).
+    pub path: PathBuf,
+    /// Attach it read-only.
+    pub readonly: bool,
+}
+
 /// A started guest.
 pub trait Backend: Send + Sync {
     /// Where its agent listens.
     fn agent_address(&self) -> AgentAddress;
-    /// The root image's device path as the agent sees it.
-    fn root_device(&self) -> String;
+    /// Each disk's device path as the agent sees it, in [`GuestSpec::disks`] order.
+    fn disk_devices(&self) -> Vec<String>;
+    /// How the agent reaches the shared directory.
+    fn shared(&self) -> Option<husk_protocol::SharedDir>;
     /// `Some(why)` once the guest has ended; waits up to `timeout` for that.
     fn ended(&self, timeout: Duration) -> Option<String>;
     /// Freezes the guest.

@@ -1,15 +1,18 @@
 //! The sandbox process: `husk sandbox`, started by `create` the way runc starts
 //! `runc init`, and from then on the container as far as the host can see.
 //!
-//! It builds the root filesystem image, boots the container's microVM, connects to the
-//! guest agent, has it create the container (the process exists, stopped before
+//! It mounts the container's shares (see [`crate::shares`]), gets its root's layer images
+//! and scratch disk (see [`crate::rootfs`]), boots the container's microVM, connects to
+//! the guest agent, has it create the container (the process exists, stopped before
 //! `execve`), serves the control socket, and only then tells `create` it is ready, over
 //! a pipe. Its pid is the one in `--pid-file` and in `state`, and its exit status is the
 //! container's (128+N when a signal N killed it), so the runc shim, conmon and dockerd
 //! reap it as they would reap runc's container process. It inherits `create`'s stdio and
 //! relays it to the guest (or a pty, see [`crate::stdio`]); signals it receives
 //! (SIGTERM, SIGINT, SIGHUP, ...) are passed on to the container's process. When that
-//! process exits, the sandbox flushes stdio, powers the guest off and exits.
+//! process exits, the sandbox flushes stdio, has the agent write the container's root
+//! changes back to the bundle (as runc leaves them there), powers the guest off,
+//! unmounts the shares and exits.
 
 pub mod backend;
 mod loopdev;
@@ -27,7 +30,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use husk_protocol::{ContainerRequest, ExitStatus, Request, Response, RootDisk};
+use husk_protocol::{
+    ContainerRequest, ContainerRoot, ExitStatus, LayeredRoot, Request, Response, RootDisk,
+};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
@@ -37,9 +42,11 @@ use crate::control::{self, ControlRequest, ControlResponse};
 use crate::globals::Globals;
 use crate::state::{ContainerDir, Status};
 
+use crate::rootfs::RootLayers;
+use crate::shares::Shares;
 use crate::sockdir::SocketDir;
 use crate::stdio::{window_size, IoMode, ProcessIo, Relays, StdioListener};
-use backend::{Backend, GuestSpec};
+use backend::{Backend, GuestDisk, GuestSpec};
 
 /// Host vsock port the agent connects the container's stdio streams to.
 const CONTAINER_STDIO_PORT: u32 = 2000;
@@ -151,6 +158,10 @@ struct Sandbox {
     ended: Receiver<Ended>,
     _sockets: SocketDir,
     _stdio: StdioListener,
+    /// Unmounted after the VM is gone.
+    shares: Shares,
+    /// Held (open and locked) while the VM reads them.
+    _root: RootLayers,
 }
 
 fn seconds_from_env(name: &str, default: u64) -> Duration {
@@ -175,20 +186,41 @@ impl Sandbox {
         let mut io = ProcessIo::prepare(mode)?;
         io.release_caller_stdio()?;
 
-        let image = dir.rootfs_image();
-        let readonly = bundle.readonly_root();
         let started = Instant::now();
-        crate::rootfs::build_image(&bundle.rootfs, &image, readonly, &bundle.file_binds)?;
+        let shares = Shares::setup(
+            dir.path(),
+            &bundle
+                .shares
+                .iter()
+                .map(|(_, s)| s.clone())
+                .collect::<Vec<_>>(),
+            Some(bundle.rootfs.as_path()),
+        )?;
+        let root = crate::rootfs::prepare(&bundle.rootfs, dir.path())?;
+        let mut disks: Vec<GuestDisk> = root
+            .layers
+            .iter()
+            .map(|l| GuestDisk {
+                path: l.fd_path(),
+                readonly: true,
+            })
+            .collect();
+        if let Some(scratch) = &root.scratch {
+            disks.push(GuestDisk {
+                path: scratch.clone(),
+                readonly: false,
+            });
+        }
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
-            "root image built"
+            "shares and root ready"
         );
 
         let backend = backend::start(&GuestSpec {
             dir: dir.path().to_owned(),
             sockets: &sockets,
-            image,
-            readonly,
+            disks,
+            shared_dir: Some(shares.shared_dir()),
             memory_mib: bundle.memory_mib(),
             vcpus: bundle.vcpus(),
             debug: globals.log.debug,
@@ -214,15 +246,34 @@ impl Sandbox {
         let control = UnixListener::bind(sockets.socket(ContainerDir::CONTROL_SOCKET))
             .context("listening on the control socket")?;
 
+        let shared_dir = backend
+            .shared()
+            .context("the guest has no shared directory")?;
+        let devices = backend.disk_devices();
+        let layer_count = root.layers.len();
+        let disk = |device: &String, fstype: &str, readonly| RootDisk {
+            device: device.clone(),
+            fstype: fstype.into(),
+            readonly,
+        };
         let request = Request::CreateContainer(ContainerRequest {
             container_id: args.id.clone(),
-            spec: bundle.guest_spec(),
-            root: RootDisk {
-                device: backend.root_device(),
-                fstype: "ext4".into(),
-                readonly,
-            },
+            spec: bundle.guest_spec(&shared_dir.path),
+            root: ContainerRoot::Layers(LayeredRoot {
+                lowers: devices[..layer_count]
+                    .iter()
+                    .map(|d| disk(d, "erofs", true))
+                    .collect(),
+                scratch: devices.get(layer_count).map(|d| disk(d, "ext4", false)),
+                overlay_options: root.overlay_options.clone(),
+                commit_to: Some(format!(
+                    "{}/{}",
+                    shared_dir.path,
+                    crate::shares::ROOTFS_SHARE
+                )),
+            }),
             stdio: io.spec(CONTAINER_STDIO_PORT),
+            shared: Some(shared_dir),
         });
         let (guest_pid, streams) = start_process(
             &agent,
@@ -275,6 +326,8 @@ impl Sandbox {
             ended,
             _sockets: sockets,
             _stdio: stdio,
+            shares,
+            _root: root,
         })
     }
 
@@ -304,6 +357,7 @@ impl Sandbox {
                 if !self.relays.finish(FLUSH_TIMEOUT) {
                     tracing::warn!("the container's output did not end within {FLUSH_TIMEOUT:?}");
                 }
+                self.shared.commit_root();
                 // Power the guest off; it answers first.
                 let _ = self
                     .shared
@@ -322,12 +376,44 @@ impl Sandbox {
         };
         self.shared.backend.teardown();
         self.shared.agent.close();
+        if let Err(e) = self.shares.teardown() {
+            tracing::error!("unmounting the shares: {e:#}");
+        }
         self.io.restore();
         code
     }
 }
 
 impl Shared {
+    /// Has the agent write the stopped container's root changes back to the bundle.
+    /// Failing leaves the changes unwritten, which is logged; the container's exit status
+    /// stands.
+    fn commit_root(&self) {
+        let started = Instant::now();
+        let timeout = seconds_from_env("HUSK_COMMIT_TIMEOUT", 600);
+        let req = Request::CommitRoot {
+            container_id: self.id.clone(),
+        };
+        match self.agent.call_timeout(req, timeout) {
+            Ok(Response::Committed { changes, skipped }) => {
+                tracing::info!(
+                    changes,
+                    skipped = skipped.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "root changes written back to the bundle"
+                );
+                for s in skipped {
+                    tracing::warn!("not written back to the bundle's root: {s}");
+                }
+            }
+            Ok(Response::Error { message }) => {
+                tracing::error!("writing the root's changes back to the bundle: {message}")
+            }
+            Ok(other) => tracing::error!("unexpected answer to commit: {other:?}"),
+            Err(e) => tracing::error!("writing the root's changes back to the bundle: {e:#}"),
+        }
+    }
+
     fn resize(&self, rows: u16, cols: u16) {
         let _ = self.agent.post(Request::Resize {
             exec_id: self.id.clone(),

@@ -1,6 +1,8 @@
 //! The test backend (`HUSK_SANDBOX_BACKEND=process`): no VM, the guest agent runs as a
 //! host process in test mode (`husk-agent --listen-unix ... --stdio-unix-prefix ...`)
-//! and mounts the root image through a loop device. Everything above the backend (the
+//! and mounts the root's disks through loop devices (the host kernel reads the erofs
+//! layers husk built and the scratch disk; the agent here is husk's own, not a guest) and
+//! the shared directory where it is. Everything above the backend (the
 //! CLI, the sandbox, stdio, the protocol) is the same as with a VM, so the whole
 //! lifecycle can be tested on a host whose KVM cannot boot Linux. Needs root.
 //!
@@ -38,8 +40,9 @@ pub struct ProcessBackend {
     init_pid: i32,
     /// Why the init ended, once it has.
     exit: Arc<(Mutex<Option<String>>, Condvar)>,
-    device: LoopDevice,
+    devices: Vec<LoopDevice>,
     dir: PathBuf,
+    shared_dir: Option<PathBuf>,
 }
 
 /// The agent binary: `HUSK_AGENT_BIN`, else `husk-agent` beside husk, else on PATH.
@@ -73,7 +76,11 @@ impl ProcessBackend {
                 spec.dir.display()
             );
         }
-        let device = LoopDevice::attach(&spec.image, spec.readonly)?;
+        let devices = spec
+            .disks
+            .iter()
+            .map(|d| LoopDevice::attach(&d.path, d.readonly))
+            .collect::<Result<Vec<_>>>()?;
         let log = File::create(spec.dir.join("agent.log")).context("creating agent.log")?;
         // The containers' cgroups go in a directory of this sandbox's own in the host's
         // cgroup2 hierarchy (a guest has the whole hierarchy to itself).
@@ -157,8 +164,9 @@ impl ProcessBackend {
         Ok(Self {
             init_pid,
             exit,
-            device,
+            devices,
             dir: spec.dir.clone(),
+            shared_dir: spec.shared_dir.clone(),
         })
     }
 
@@ -178,8 +186,16 @@ impl Backend for ProcessBackend {
         }
     }
 
-    fn root_device(&self) -> String {
-        self.device.path().to_owned()
+    fn disk_devices(&self) -> Vec<String> {
+        self.devices.iter().map(|d| d.path().to_owned()).collect()
+    }
+
+    fn shared(&self) -> Option<husk_protocol::SharedDir> {
+        // The agent's mount namespace is a copy of this one: the shares are there already.
+        self.shared_dir.as_ref().map(|d| husk_protocol::SharedDir {
+            tag: None,
+            path: d.display().to_string(),
+        })
     }
 
     fn ended(&self, timeout: Duration) -> Option<String> {

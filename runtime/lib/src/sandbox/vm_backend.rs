@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use husk_vmm::{DiskConfig, RunningVm, VmConfig, VmExit, VsockConfig};
+use husk_vmm::{DiskConfig, FsConfig, RunningVm, VmConfig, VmExit, VsockConfig};
 
 use super::backend::{Backend, GuestSpec};
 use crate::agent::AgentAddress;
@@ -57,6 +57,18 @@ fn find_guest_file(env: &str, name: &str) -> Result<PathBuf> {
 pub struct VmBackend {
     vm: RunningVm,
     dir: PathBuf,
+    disks: usize,
+    shared: bool,
+}
+
+/// The guest's name for the `i`th virtio-blk disk (`vda`, ..., `vdz`, `vdaa`, ...).
+fn disk_name(i: usize) -> String {
+    let letter = |n: usize| (b'a' + n as u8) as char;
+    if i < 26 {
+        format!("/dev/vd{}", letter(i))
+    } else {
+        format!("/dev/vd{}{}", letter(i / 26 - 1), letter(i % 26))
+    }
 }
 
 impl VmBackend {
@@ -69,13 +81,22 @@ impl VmBackend {
             extra_cmdline: String::new(),
             vcpus: spec.vcpus,
             mem_mib: spec.memory_mib,
-            disks: vec![DiskConfig {
-                path: spec.image.clone(),
-                read_only: spec.readonly,
-            }],
+            disks: spec
+                .disks
+                .iter()
+                .map(|d| DiskConfig {
+                    path: d.path.clone(),
+                    read_only: d.readonly,
+                })
+                .collect(),
             vsock: Some(VsockConfig {
                 guest_cid: GUEST_CID,
                 uds_path: spec.sockets.socket(ContainerDir::VSOCK_SOCKET),
+            }),
+            fs: spec.shared_dir.as_ref().map(|dir| FsConfig {
+                tag: husk_protocol::SHARED_FS_TAG.into(),
+                shared_dir: dir.clone(),
+                container_roots: vec![crate::shares::ROOTFS_SHARE.into()],
             }),
             serial_log: spec.debug.then(|| spec.dir.join("console.log")),
         };
@@ -83,6 +104,8 @@ impl VmBackend {
         Ok(Self {
             vm,
             dir: spec.dir.clone(),
+            disks: spec.disks.len(),
+            shared: spec.shared_dir.is_some(),
         })
     }
 }
@@ -106,8 +129,15 @@ impl Backend for VmBackend {
         }
     }
 
-    fn root_device(&self) -> String {
-        "/dev/vda".into()
+    fn disk_devices(&self) -> Vec<String> {
+        (0..self.disks).map(disk_name).collect()
+    }
+
+    fn shared(&self) -> Option<husk_protocol::SharedDir> {
+        self.shared.then(|| husk_protocol::SharedDir {
+            tag: Some(husk_protocol::SHARED_FS_TAG.into()),
+            path: husk_protocol::SHARED_DIR.into(),
+        })
     }
 
     fn ended(&self, timeout: Duration) -> Option<String> {
@@ -129,5 +159,17 @@ impl Backend for VmBackend {
 
     fn name(&self) -> &'static str {
         "vm"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disk_name;
+
+    #[test]
+    fn disks_are_named_as_linux_names_virtio_blk_devices() {
+        assert_eq!(disk_name(0), "/dev/vda");
+        assert_eq!(disk_name(25), "/dev/vdz");
+        assert_eq!(disk_name(26), "/dev/vdaa");
     }
 }

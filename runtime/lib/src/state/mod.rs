@@ -1,7 +1,8 @@
 //! A container's state on the host: its directory `<root>/<id>/`, its lock and its state
 //! file. A leaf: what the sandbox says about the container live is in [`crate::container`].
 //!
-//! The directory holds `state.json`, `lock`, the root filesystem image, and the sockets:
+//! The directory holds `state.json`, `lock`, the writable layer's disk (`scratch.img`),
+//! the shares (`mounts/`, `shared/`: see [`crate::shares`]), and the sockets:
 //! `control.sock` (the sandbox's control socket) and `vsock.sock` (the VM's hybrid vsock;
 //! guest connections to host port P arrive at `vsock.sock_P`).
 
@@ -11,7 +12,7 @@ pub mod record;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::procfs;
 pub use lock::ContainerLock;
@@ -59,11 +60,6 @@ impl ContainerDir {
         self.path.join("config.json")
     }
 
-    /// The root filesystem image.
-    pub fn rootfs_image(&self) -> PathBuf {
-        self.path.join("rootfs.img")
-    }
-
     /// Name of the sandbox's control socket in the directory.
     pub const CONTROL_SOCKET: &'static str = "control.sock";
     /// Name of the VM's hybrid vsock socket in the directory.
@@ -86,14 +82,10 @@ impl ContainerDir {
         ContainerRecord::load(&path)
     }
 
-    /// Removes the directory and everything in it.
+    /// Removes the directory and everything in it, unmounting the shares in it first (a
+    /// sandbox that was killed leaves them mounted) and never reaching through a mount.
     pub fn remove(&self) -> Result<()> {
-        match std::fs::remove_dir_all(&self.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("removing {}", self.path.display()))
-            }
-            _ => Ok(()),
-        }
+        crate::mounts::remove_tree(&self.path)
     }
 
     /// Whether the sandbox process recorded in `rec` still runs.

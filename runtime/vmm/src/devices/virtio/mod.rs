@@ -5,9 +5,10 @@
 //! DRIVER_OK. From then on the device runs on the device thread: the event loop calls
 //! [`VirtioDevice::queue_notify`] when the guest kicks a queue (an ioeventfd) and
 //! [`VirtioDevice::handle_event`] when one of the device's own fds (a backend socket) is
-//! ready.
+//! ready. virtio-fs serves its requests on a thread of its own (see [`fs`]).
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 
@@ -36,6 +37,8 @@ pub mod device_type {
     pub const BLOCK: u32 = 2;
     /// virtio-vsock.
     pub const VSOCK: u32 = 19;
+    /// virtio-fs.
+    pub const FS: u32 = 26;
 }
 
 /// A device's interrupt line: the status bits the driver reads from the transport, and the

@@ -1,0 +1,359 @@
+//! virtio-fs: host directories shared with the guest, served inside the VMM process.
+//!
+//! One device per VM exports the sandbox's shared directory (Kata's layout: each share is
+//! a bind mount in it, see the runtime's share code) under one tag. The FUSE server is
+//! fuse-backend-rs (the passthrough file system and the virtio-fs transport, as Dragonball
+//! runs it in-process), confined by [`ShareFs`]. Requests are served on a thread of the
+//! device's own (`husk-fs`), so a slow file system call never holds up the device thread
+//! that serves the disks and vsock; the device thread only wakes it.
+//!
+//! The worker thread is started with the device, at VM build time, not when the guest's
+//! driver activates it: the thread then belongs to the VMM's own setup (its credentials
+//! and, later, its seccomp filter are set by the VMM, never inherited from a vCPU that
+//! happened to activate the device). It unshares its file system context
+//! (`unshare(CLONE_FS)`), because the passthrough file system clears the umask so that
+//! the guest's modes arrive unchanged, and that must not leak into the rest of the process.
+//!
+//! Cache mode: `auto` with one-second attribute and entry timeouts and no write-back
+//! cache. The guest's writes go through to the host file at once (the host sees them when
+//! the write returns); the host's changes reach the guest at its next open of a file
+//! (close-to-open, the page cache is dropped when size or mtime changed) and within a
+//! second for metadata, directory entries and the data of files it holds open. `never`
+//! would make every read a round trip and forbid shared writable mmap; `always` would let
+//! the guest keep stale data. `O_DIRECT` bypasses the guest's page cache and is served
+//! from the host's.
+
+mod confined;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
+mod request;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
+use tracing::{error, warn};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{
+    device_type, read_config_bytes, ActivateContext, ActivateError, Interrupt, VirtioDevice,
+};
+pub use confined::ShareFs;
+pub use request::handle_chain;
+
+/// Bytes of the tag in the configuration space (virtio 1.2, 5.11.4).
+pub const TAG_LEN: usize = 36;
+/// Size of the high-priority queue (FORGET and INTERRUPT requests).
+const HIPRIO_QUEUE_SIZE: u16 = 128;
+/// Size of the request queue. Linux sizes its largest request from it (a 1 MiB read needs
+/// 256 pages + headers without indirect descriptors).
+const REQUEST_QUEUE_SIZE: u16 = 1024;
+/// How long attributes and directory entries stay valid in the guest (see the module
+/// documentation).
+pub const CACHE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the device exports.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// The tag the guest mounts (`mount -t virtiofs TAG DIR`), 1 to 36 bytes.
+    pub tag: String,
+    /// The directory exported as the file system's root.
+    pub shared_dir: PathBuf,
+    /// Top-level entries of `shared_dir` that are containers' own root file systems, where
+    /// the guest may create what a container may create in its root (see [`ShareFs`]).
+    pub container_roots: Vec<String>,
+}
+
+/// Errors setting the device up.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The tag cannot be used.
+    #[error("virtio-fs tag {0:?} must be 1 to {TAG_LEN} bytes without NUL")]
+    Tag(String),
+    /// The shared directory cannot be served.
+    #[error("shared directory {path}: {source}")]
+    SharedDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The worker thread could not start.
+    #[error("starting the virtio-fs thread: {0}")]
+    Thread(std::io::Error),
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    interrupt: Arc<Interrupt>,
+}
+
+enum Command {
+    Activate(Box<Active>),
+    /// Drop the queues; the sender hears back once they are gone.
+    Reset(Sender<()>),
+    Stop,
+}
+
+/// A virtio-fs device.
+pub struct Fs {
+    config: [u8; TAG_LEN + 4],
+    acked_features: u64,
+    commands: Sender<Command>,
+    wake: EventFd,
+    worker: Option<JoinHandle<()>>,
+}
+
+fn shared_dir_error(path: &Path) -> impl FnOnce(std::io::Error) -> FsError + '_ {
+    move |source| FsError::SharedDir {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The confined passthrough file system over `config.shared_dir`, behind a FUSE server.
+pub fn file_server(config: &FsConfig) -> Result<Server<ShareFs>, FsError> {
+    let dir = &config.shared_dir;
+    let meta = std::fs::metadata(dir).map_err(shared_dir_error(dir))?;
+    if !meta.is_dir() {
+        return Err(shared_dir_error(dir)(std::io::Error::from_raw_os_error(
+            libc::ENOTDIR,
+        )));
+    }
+    let root = dir.to_str().filter(|s| !s.contains('\0')).ok_or_else(|| {
+        shared_dir_error(dir)(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path is not UTF-8",
+        ))
+    })?;
+    let cfg = PassthroughConfig {
+        root_dir: root.to_owned(),
+        cache_policy: CachePolicy::Auto,
+        attr_timeout: CACHE_TIMEOUT,
+        entry_timeout: CACHE_TIMEOUT,
+        writeback: false,
+        xattr: true,
+        // The root is opened by the worker when the guest mounts (FUSE_INIT).
+        do_import: true,
+        // Two shares of the same host file are two inodes, each confined to its share.
+        enable_mntid: true,
+        // O_DIRECT bypasses the guest's page cache and is served from the host's: the
+        // host file system may refuse it (tmpfs) and guest buffers need not be aligned.
+        allow_direct_io: false,
+        ..PassthroughConfig::default()
+    };
+    let fs = PassthroughFs::new(cfg).map_err(shared_dir_error(dir))?;
+    Ok(Server::new(ShareFs::new(fs, &config.container_roots)))
+}
+
+/// Gives the calling thread a file system context (cwd, root, umask) of its own, so that
+/// the passthrough file system's `umask(0)` stays on this thread.
+pub fn isolate_fs_context() -> std::io::Result<()> {
+    // SAFETY: unshare takes a flag word; CLONE_FS affects only the calling thread.
+    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The passthrough file system keeps a descriptor for every inode the guest knows (a
+/// directory of 10,000 files the guest lists is 10,000 descriptors): take the whole hard
+/// limit, as virtiofsd does.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write the one struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                warn!(
+                    "virtio-fs: cannot raise the open file limit to {}",
+                    lim.rlim_max
+                );
+            }
+        }
+    }
+}
+
+impl Fs {
+    /// A device exporting `config.shared_dir` as `config.tag`; its worker thread starts now
+    /// and waits for the guest's driver.
+    pub fn new(config: &FsConfig) -> Result<Self, FsError> {
+        let tag = config.tag.as_bytes();
+        if tag.is_empty() || tag.len() > TAG_LEN || tag.contains(&0) {
+            return Err(FsError::Tag(config.tag.clone()));
+        }
+        let server = file_server(config)?;
+        raise_open_file_limit();
+        let mut space = [0u8; TAG_LEN + 4];
+        space[..tag.len()].copy_from_slice(tag);
+        // num_request_queues
+        space[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
+        let wake = EventFd::new(0).map_err(FsError::Thread)?;
+        let (commands, receiver) = mpsc::channel();
+        let worker_wake = wake.try_clone().map_err(FsError::Thread)?;
+        let worker = std::thread::Builder::new()
+            .name("husk-fs".into())
+            .spawn(move || worker(server, receiver, worker_wake))
+            .map_err(FsError::Thread)?;
+        Ok(Self {
+            config: space,
+            acked_features: 0,
+            commands,
+            wake,
+            worker: Some(worker),
+        })
+    }
+
+    fn send(&self, command: Command) {
+        if self.commands.send(command).is_ok() {
+            let _ = self.wake.write(1);
+        }
+    }
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        self.send(Command::Stop);
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn worker(server: Server<ShareFs>, commands: Receiver<Command>, wake: EventFd) {
+    if let Err(e) = isolate_fs_context() {
+        // Serving without it would clear the whole process's umask.
+        error!("virtio-fs: cannot unshare the file system context, not serving: {e}");
+        return;
+    }
+    let mut active: Option<Box<Active>> = None;
+    loop {
+        let _ = wake.read();
+        loop {
+            match commands.try_recv() {
+                Ok(Command::Activate(a)) => active = Some(a),
+                Ok(Command::Reset(done)) => {
+                    active = None;
+                    let _ = done.send(());
+                }
+                Ok(Command::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
+                Err(mpsc::TryRecvError::Empty) => break,
+            }
+        }
+        if let Some(a) = active.as_mut() {
+            for index in 0..a.queues.len() {
+                serve_queue(&server, a, index);
+            }
+        }
+    }
+}
+
+/// Serves every request waiting on queue `index`.
+fn serve_queue(server: &Server<ShareFs>, active: &mut Active, index: usize) {
+    let Active {
+        mem,
+        queues,
+        interrupt,
+    } = active;
+    let queue = &mut queues[index];
+    let mut used_any = false;
+    loop {
+        if let Err(e) = queue.disable_notification(mem) {
+            warn!("virtio-fs: queue {index} unusable: {e}");
+            return;
+        }
+        let mut popped = false;
+        while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
+            let head = chain.head_index();
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handle_chain(server, mem, chain)
+            }))
+            .unwrap_or_else(|_| {
+                error!("virtio-fs: the file server panicked on a request");
+                0
+            });
+            if let Err(e) = queue.add_used(&*mem, head, written) {
+                warn!("virtio-fs: cannot return descriptor {head}: {e}");
+                return;
+            }
+            popped = true;
+            used_any = true;
+        }
+        // As in virtio-blk: look again only after progress, so that a bogus avail index
+        // cannot spin this thread.
+        match queue.enable_notification(&*mem) {
+            Ok(true) if popped => continue,
+            Ok(_) => break,
+            Err(e) => {
+                warn!("virtio-fs: queue {index} unusable: {e}");
+                return;
+            }
+        }
+    }
+    if used_any && queue.needs_notification(&*mem).unwrap_or(true) {
+        if let Err(e) = interrupt.signal_used_queue() {
+            warn!("virtio-fs: cannot signal the guest: {e}");
+        }
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        device_type::FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[HIPRIO_QUEUE_SIZE, REQUEST_QUEUE_SIZE]
+    }
+
+    fn avail_features(&self) -> u64 {
+        (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX)
+            | (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC)
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if let Some(i) = ctx.queues.iter().position(|q| !q.ready()) {
+            return Err(ActivateError::QueueNotReady(i));
+        }
+        self.send(Command::Activate(Box::new(Active {
+            mem: ctx.mem,
+            queues: ctx.queues,
+            interrupt: ctx.interrupt,
+        })));
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, _queue: usize) {
+        let _ = self.wake.write(1);
+    }
+
+    fn reset(&mut self) {
+        let (done, wait) = mpsc::channel();
+        self.send(Command::Reset(done));
+        // The worker finishes the request it is on first.
+        let _ = wait.recv();
+        self.acked_features = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests;
