@@ -10,6 +10,8 @@
 pub mod block;
 pub mod mmio;
 pub mod vsock;
+#[cfg(test)]
+pub mod test_driver;
 
 use std::io;
 use std::os::fd::RawFd;
