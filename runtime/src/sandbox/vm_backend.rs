@@ -73,6 +73,7 @@ impl VmBackend {
                 path: spec.image.clone(),
                 read_only: spec.readonly,
             }],
+            nets: Vec::new(),
             vsock: Some(VsockConfig {
                 guest_cid: GUEST_CID,
                 uds_path: spec.sockets.socket(ContainerDir::VSOCK_SOCKET),

@@ -9,9 +9,10 @@
 
 pub mod block;
 pub mod mmio;
-pub mod vsock;
+pub mod net;
 #[cfg(test)]
 pub mod test_driver;
+pub mod vsock;
 
 use std::io;
 use std::os::fd::RawFd;

@@ -192,4 +192,3 @@ impl Driver {
         self.next_avail
     }
 }
-
