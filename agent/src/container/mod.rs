@@ -8,6 +8,7 @@
 
 pub mod create;
 pub mod exec;
+pub mod hooks;
 pub mod launch;
 pub mod ps;
 pub mod remove;
