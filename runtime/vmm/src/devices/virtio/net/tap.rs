@@ -69,7 +69,17 @@ pub fn create_tap(name: &str) -> io::Result<OwnedFd> {
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
+    set_vnet_hdr_len(&fd)?;
     Ok(fd)
+}
+
+fn set_vnet_hdr_len(fd: &OwnedFd) -> io::Result<()> {
+    let size = VNET_HDR_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which points at `size`.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &size) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A tap descriptor the VMM reads and writes frames on.
@@ -104,11 +114,7 @@ impl Tap {
                 ),
             ));
         }
-        let size = VNET_HDR_LEN as libc::c_int;
-        // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which points at `size`.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &size) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_vnet_hdr_len(&fd)?;
         let tap = Self {
             fd,
             name: req.name(),
