@@ -62,11 +62,6 @@ impl Phase {
     }
 }
 
-/// Whether `spec` has any hook of `phase`.
-pub fn has(spec: &Spec, phase: Phase) -> bool {
-    !phase.hooks(spec).is_empty()
-}
-
 /// Runs the hooks of `phase` in order; the first failure is the error.
 pub fn run(spec: &Spec, phase: Phase, state: &serde_json::Value) -> Result<()> {
     let state = serde_json::to_vec(state)?;
@@ -203,7 +198,6 @@ mod tests {
         assert_eq!(lines.len(), 2, "{got}");
         assert_eq!(lines[0], format!("{state} first arg1 FOO=bar HOME="));
         assert_eq!(lines[1], format!("{state} second arg2 FOO= HOME="));
-        assert!(has(&spec, Phase::CreateRuntime) && !has(&spec, Phase::Prestart));
     }
 
     #[test]

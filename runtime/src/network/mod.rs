@@ -114,6 +114,53 @@ pub fn spare_mac(slot: usize) -> [u8; 6] {
 pub const CARRIED_KINDS: &str =
     "Ethernet interfaces: veth, macvlan, ipvlan, vlan, tap, or a physical NIC";
 
+/// What `create` sends the sandbox before it boots the VM, the taps attached in order.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct NetworkPlan {
+    /// The guest's network devices, in order.
+    pub devices: Vec<PlannedDevice>,
+    /// For the agent, once the container exists.
+    pub interfaces: Vec<GuestInterface>,
+}
+
+/// One network device of the guest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedDevice {
+    /// Its MAC at boot.
+    pub mac: [u8; 6],
+    /// The MTU offered, when known.
+    pub mtu: Option<u16>,
+    /// Whether it takes the next tap descriptor.
+    pub tap: bool,
+}
+
+impl NetworkPlan {
+    /// Devices for what was plumbed at create: one per carried interface, or one spare
+    /// (link down) for an interface that may come before start.
+    pub fn for_create(p: &Plumbed) -> Self {
+        let devices = if p.interfaces.is_empty() {
+            vec![PlannedDevice {
+                mac: spare_mac(0),
+                mtu: None,
+                tap: false,
+            }]
+        } else {
+            p.interfaces
+                .iter()
+                .map(|i| PlannedDevice {
+                    mac: i.boot_mac,
+                    mtu: u16::try_from(i.mtu).ok(),
+                    tap: true,
+                })
+                .collect()
+        };
+        Self {
+            devices,
+            interfaces: p.interfaces.clone(),
+        }
+    }
+}
+
 /// The plumbing done for some interfaces.
 #[derive(Debug, Default)]
 pub struct Plumbed {
