@@ -34,6 +34,8 @@
 //! bounded share of the thread, and the only memory it can make the host use is the
 //! kernel's own (bounded) socket and backlog queues.
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod rx;
 pub mod tap;
 mod tx;
