@@ -97,7 +97,12 @@ def start_husk(a, rootfs, work):
     ns = veth_netns("hb-husk", IPS["husk"])
     b = bundle(rootfs, work, "husk", ns)
     root = os.path.join(work, "husk-state")
-    sh(a.husk, "--root", root, "run", "--detach", "--bundle", b, "hbench")
+    # The sandbox keeps the caller's stdio open: give it none of ours.
+    r = subprocess.run([a.husk, "--root", root, "run", "--detach", "--bundle", b, "hbench"],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=open(os.path.join(work, "husk.err"), "w"))
+    if r.returncode != 0:
+        sys.exit(f"husk run failed: {open(os.path.join(work, 'husk.err')).read()}")
     return lambda: (sh(a.husk, "--root", root, "delete", "--force", "hbench", check=False),
                     sh("ip", "netns", "del", "hb-husk", check=False))
 
