@@ -25,6 +25,8 @@ pub struct Desc {
     pub len: u32,
     /// Device-writable.
     pub write: bool,
+    /// Points at an indirect descriptor table (`len` bytes at `addr`).
+    pub indirect: bool,
 }
 
 impl Desc {
@@ -34,6 +36,7 @@ impl Desc {
             addr: None,
             len,
             write: false,
+            indirect: false,
         }
     }
 
@@ -43,6 +46,18 @@ impl Desc {
             addr: None,
             len,
             write: true,
+            indirect: false,
+        }
+    }
+
+    /// A descriptor naming an indirect table of `count` descriptors at `addr` (written
+    /// with [`write_indirect_table`]).
+    pub fn indirect(addr: u64, count: u32) -> Self {
+        Self {
+            addr: Some(addr),
+            len: count * 16,
+            write: false,
+            indirect: true,
         }
     }
 
@@ -125,6 +140,9 @@ impl Driver {
             } else {
                 0
             };
+            if d.indirect {
+                flags |= virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+            }
             let next = if i + 1 < descs.len() {
                 flags |= VRING_DESC_F_NEXT as u16;
                 idx[i + 1]
@@ -190,5 +208,22 @@ impl Driver {
     /// Number of chains published so far (the avail index).
     pub fn avail_idx(&self) -> u16 {
         self.next_avail
+    }
+}
+
+/// Writes an indirect descriptor table at `table`: each entry `(addr, len, write)`,
+/// chained in order.
+pub fn write_indirect_table(mem: &GuestMemoryMmap, table: u64, entries: &[(u64, u32, bool)]) {
+    for (i, &(addr, len, write)) in entries.iter().enumerate() {
+        let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+        let next = if i + 1 < entries.len() {
+            flags |= VRING_DESC_F_NEXT as u16;
+            (i + 1) as u16
+        } else {
+            0
+        };
+        let raw = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+        mem.write_obj(raw, GuestAddress(table + 16 * i as u64))
+            .unwrap();
     }
 }

@@ -126,3 +126,36 @@ fn without_a_tap_frames_are_dropped_but_returned() {
     assert_eq!(net.tx_used(), vec![0]);
     assert_eq!(NetStats::get(&net.dev.stats().tx_dropped), 1);
 }
+
+#[test]
+fn a_frame_in_an_indirect_table_arrives_and_a_bad_table_is_dropped() {
+    use crate::devices::virtio::test_driver::write_indirect_table;
+    use vm_memory::{Bytes, GuestAddress};
+    let (mut net, host) = TestNet::new(0);
+    // The table and the buffers live in the test guest's memory past the rings' slots.
+    let table = MEM_SIZE - 0x1_0000;
+    let (hdr_at, data_at) = (table + 0x1000, table + 0x2000);
+    let data = frame(1000, 8);
+    net.mem
+        .write_slice(&vnet_hdr(0, 0), GuestAddress(hdr_at))
+        .unwrap();
+    net.mem.write_slice(&data, GuestAddress(data_at)).unwrap();
+    write_indirect_table(
+        net.mem,
+        table,
+        &[(hdr_at, 12, false), (data_at, 1000, false)],
+    );
+    net.send_chain(&[Desc::indirect(table, 2)], &[]);
+    assert_eq!(host.recv_all(), vec![with_hdr(vnet_hdr(0, 0), &data)]);
+    // A table whose second entry points outside memory: dropped, the chain returned.
+    write_indirect_table(
+        net.mem,
+        table,
+        &[(hdr_at, 12, false), (NOWHERE, 1000, false)],
+    );
+    net.send_chain(&[Desc::indirect(table, 2)], &[]);
+    // A table outside memory altogether.
+    net.send_chain(&[Desc::indirect(NOWHERE, 4)], &[]);
+    assert!(host.recv_all().is_empty());
+    assert_eq!(net.tx_used().len(), 3);
+}
