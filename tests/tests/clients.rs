@@ -620,9 +620,6 @@ fn docker_default_bridge_reaches_the_host_and_publishes_a_port() {
 fn docker_containers_on_one_bridge_talk_and_resolve_through_the_engines_resolver() {
     let d = Docker::start();
     let _dns = Dnsmasq::start("172.17.0.1", "web.husk.test", "172.17.0.1");
-    let data = pseudo_random(1 << 20, 99);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("x"), &data).unwrap();
     // A serves a file; B finds the resolver docker configured and fetches from A.
     ok(d.docker().args([
         "run",
@@ -683,7 +680,6 @@ fn docker_containers_on_one_bridge_talk_and_resolve_through_the_engines_resolver
         !sha.is_empty() && a_sha.contains(&sha),
         "B got A's file intact: {out} / {a_sha}"
     );
-    drop(data);
     ok(d.docker().args(["rm", "-f", "a"]));
     assert_no_leftovers(&[&d.netns_dir()]);
 }
