@@ -11,8 +11,8 @@ use husk_vmm::devices::virtio::net::tap::Tap;
 use husk_vmm::{DiskConfig, NetConfig, RunningVm, VmConfig, VmExit, VsockConfig};
 
 use super::backend::{Backend, GuestSpec};
-use crate::agent_link::{vsock_address, AgentAddress};
-use crate::container::ContainerDir;
+use crate::agent::AgentAddress;
+use crate::state::ContainerDir;
 
 const GUEST_CID: u64 = 3;
 
@@ -114,7 +114,10 @@ fn describe(exit: &VmExit) -> String {
 
 impl Backend for VmBackend {
     fn agent_address(&self) -> AgentAddress {
-        vsock_address(&self.dir)
+        AgentAddress::Vsock {
+            dir: self.dir.clone(),
+            socket: ContainerDir::VSOCK_SOCKET.to_owned(),
+        }
     }
 
     fn root_device(&self) -> String {
