@@ -11,17 +11,10 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use husk_netlink::{in_netns, open_netns, LinkChange, Netlink, Route};
+use husk_netlink::{fmt_mac, in_netns, open_netns, LinkChange, Netlink, Route};
 use husk_protocol::{GuestInterface, GuestRoute};
 
 use crate::server::Agent;
-
-fn mac_str(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// Configures `interfaces` in container `id`'s network namespace.
 pub fn configure(agent: &Agent, id: &str, interfaces: &[GuestInterface]) -> anyhow::Result<()> {
@@ -57,7 +50,7 @@ fn move_devices(ns: i32, interfaces: &[GuestInterface]) -> anyhow::Result<()> {
             .with_context(|| {
                 format!(
                     "no network device with MAC {} in the guest for {}",
-                    mac_str(&iface.boot_mac),
+                    fmt_mac(&iface.boot_mac),
                     iface.name
                 )
             })?;

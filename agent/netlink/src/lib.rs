@@ -416,6 +416,14 @@ impl Netlink {
     }
 }
 
+/// A MAC as `ip link` prints it.
+pub fn fmt_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// A route as `ip route` would print it.
 pub fn describe_route(r: &Route) -> String {
     let mut s = match r.destination {

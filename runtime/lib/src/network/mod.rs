@@ -20,6 +20,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+pub use husk_netlink::fmt_mac;
 use husk_netlink::{in_netns, open_netns, Link, Netlink};
 use husk_protocol::{GuestInterface, GuestRoute, IpNet};
 use husk_vmm::devices::virtio::net::tap::create_tap;
@@ -207,14 +208,6 @@ fn candidates(links: &[Link], already: &[Carried]) -> Result<Vec<Link>> {
         out.push(l.clone());
     }
     Ok(out)
-}
-
-/// A MAC as `ip link` prints it.
-pub fn fmt_mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// In namespace `ns`: makes a tap beside every interface to carry (those not in
