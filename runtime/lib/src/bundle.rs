@@ -180,6 +180,19 @@ impl Bundle {
                 }
             }
         }
+        // The network namespace's path is the host's, joined by the sandbox process: in
+        // the guest the container gets a namespace of its own, which the agent gives the
+        // host namespace's interfaces.
+        if let Some(namespaces) = raw
+            .pointer_mut("/linux/namespaces")
+            .and_then(|n| n.as_array_mut())
+        {
+            for ns in namespaces.iter_mut().filter(|n| n["type"] == "network") {
+                if let Some(o) = ns.as_object_mut() {
+                    o.remove("path");
+                }
+            }
+        }
         raw
     }
 }
@@ -400,6 +413,20 @@ mod tests {
         assert!(
             e.contains("/dev/termination-log") && e.contains("inside the mount at /dev"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn the_network_namespace_path_stays_on_the_host() {
+        let mut c = minimal();
+        c["linux"] = json!({"namespaces": [{"type": "mount"},
+            {"type": "network", "path": "/run/netns/x"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]});
+        let (_d, b) = bundle_with(c);
+        let g = b.unwrap().guest_spec();
+        assert_eq!(g["linux"]["namespaces"][1], json!({"type": "network"}));
+        assert_eq!(
+            g["linux"]["namespaces"][2]["path"], "/proc/1/ns/ipc",
+            "others untouched"
         );
     }
 
