@@ -546,14 +546,21 @@ fn oci_container_gets_its_namespaces_interface_and_moves_1_mib_both_ways() {
     with_netns_path(&bundle, &ns.path());
     let root = tmp.path().join("state");
     let out = tmp.path().join("out");
-    let o = output(
-        husk_oci(&t, &root)
-            .args(["create", "--bundle"])
-            .arg(&bundle)
-            .arg("net1")
-            .stdout(std::fs::File::create(&out).unwrap()),
+    let err = tmp.path().join("err");
+    // The sandbox keeps create's stdout and stderr: files, not pipes waited on.
+    let st = husk_oci(&t, &root)
+        .args(["create", "--bundle"])
+        .arg(&bundle)
+        .arg("net1")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "create: {}",
+        std::fs::read_to_string(&err).unwrap_or_default()
     );
-    assert!(o.status.success(), "{}", show(&o));
     let o = output(husk_oci(&t, &root).args(["start", "net1"]));
     assert!(o.status.success(), "{}", show(&o));
     let up = fetch("http://10.123.0.2:8082/up", Duration::from_secs(120));
