@@ -84,6 +84,11 @@ impl Drop for HttpServer {
 
 /// GETs `url` with busybox wget, retrying until it answers or `patience` passes.
 pub fn fetch(url: &str, patience: Duration) -> Vec<u8> {
+    fetch_or(url, patience, String::new)
+}
+
+/// Like [`fetch`]; on failure the panic message includes `diagnose()`.
+pub fn fetch_or(url: &str, patience: Duration, diagnose: impl Fn() -> String) -> Vec<u8> {
     let deadline = Instant::now() + patience;
     let tmp = tempfile::NamedTempFile::new().unwrap();
     loop {
@@ -96,13 +101,40 @@ pub fn fetch(url: &str, patience: Duration) -> Vec<u8> {
         if o.status.success() {
             return std::fs::read(tmp.path()).unwrap();
         }
-        assert!(
-            Instant::now() < deadline,
-            "GET {url} failed for {patience:?}: {}",
-            show(&o)
-        );
+        if Instant::now() >= deadline {
+            panic!(
+                "GET {url} failed for {patience:?}: {}\n{}",
+                show(&o),
+                diagnose()
+            );
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Counters and tc state of namespace `ns` (`None`: this one), for failure messages.
+pub fn describe_netns(ns: Option<&Path>) -> String {
+    let mut out = String::new();
+    for args in [
+        &["ip", "-s", "link"][..],
+        &["ip", "addr"],
+        &["ip", "route"],
+        &["tc", "-s", "qdisc", "show"],
+    ] {
+        let mut c = Command::new("nsenter");
+        match ns {
+            Some(p) => c.arg(format!("--net={}", p.display())),
+            None => c.arg("--net=/proc/1/ns/net"),
+        };
+        let o = output(c.args(args));
+        out += &format!(
+            "$ {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    out
 }
 
 /// Every network namespace the test host can name: the root one (`None`) and each in

@@ -625,7 +625,7 @@ fn docker_containers_on_one_bridge_talk_and_resolve_through_the_engines_resolver
         "run",
         "-d",
         "--name",
-        "a",
+        "srv-a",
         "--runtime",
         "husk",
         IMAGE,
@@ -638,10 +638,10 @@ fn docker_containers_on_one_bridge_talk_and_resolve_through_the_engines_resolver
         "inspect",
         "-f",
         "{{.NetworkSettings.IPAddress}}",
-        "a",
+        "srv-a",
     ])));
     assert!(a_ip.starts_with("172.17."), "{a_ip}");
-    let a_sha = wait_output(d.docker().args(["logs", "a"]), "/www/x");
+    let a_sha = wait_output(d.docker().args(["logs", "srv-a"]), "/www/x");
     let o = ok(d
         .docker()
         .args([
@@ -680,7 +680,7 @@ fn docker_containers_on_one_bridge_talk_and_resolve_through_the_engines_resolver
         !sha.is_empty() && a_sha.contains(&sha),
         "B got A's file intact: {out} / {a_sha}"
     );
-    ok(d.docker().args(["rm", "-f", "a"]));
+    ok(d.docker().args(["rm", "-f", "srv-a"]));
     assert_no_leftovers(&[&d.netns_dir()]);
 }
 

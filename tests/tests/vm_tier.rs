@@ -508,7 +508,7 @@ fn with_netns_path(bundle: &Path, netns: &Path) {
 #[test]
 #[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
 fn oci_container_gets_its_namespaces_interface_and_moves_1_mib_both_ways() {
-    use husk_tests::net::{fetch, husk_leftovers, HttpServer, Netns};
+    use husk_tests::net::{describe_netns, fetch_or, husk_leftovers, HttpServer, Netns};
     let (t, tmp) = tier();
     // The engine's part, by hand: a veth from the host into a namespace, configured.
     let ns = Netns::new("husk-vt-net");
@@ -549,7 +549,7 @@ fn oci_container_gets_its_namespaces_interface_and_moves_1_mib_both_ways() {
     let err = tmp.path().join("err");
     // The sandbox keeps create's stdout and stderr: files, not pipes waited on.
     let st = husk_oci(&t, &root)
-        .args(["create", "--bundle"])
+        .args(["--debug", "create", "--bundle"])
         .arg(&bundle)
         .arg("net1")
         .stdout(std::fs::File::create(&out).unwrap())
@@ -563,7 +563,21 @@ fn oci_container_gets_its_namespaces_interface_and_moves_1_mib_both_ways() {
     );
     let o = output(husk_oci(&t, &root).args(["start", "net1"]));
     assert!(o.status.success(), "{}", show(&o));
-    let up = fetch("http://10.123.0.2:8082/up", Duration::from_secs(120));
+    let nspath = ns.path();
+    let up = fetch_or(
+        "http://10.123.0.2:8082/up",
+        Duration::from_secs(120),
+        || {
+            format!(
+                "container stdout: {}\nhusk: {}\nconsole: {}\nnamespace:\n{}\nhost:\n{}",
+                std::fs::read_to_string(&out).unwrap_or_default(),
+                std::fs::read_to_string(&err).unwrap_or_default(),
+                std::fs::read_to_string(root.join("net1/console.log")).unwrap_or_default(),
+                describe_netns(Some(&nspath)),
+                describe_netns(None)
+            )
+        },
+    );
     assert_eq!(up.len(), 1 << 20);
     let printed = std::fs::read_to_string(&out).unwrap();
     assert!(

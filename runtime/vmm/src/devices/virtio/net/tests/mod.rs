@@ -4,5 +4,6 @@
 mod harness;
 
 mod device;
+mod real_tap;
 mod rx;
 mod tx;
