@@ -539,6 +539,7 @@ fn oci_container_gets_its_namespaces_interface_and_moves_1_mib_both_ways() {
     let _server = HttpServer::start("10.123.0.1:8081", &www);
 
     let script = "ip -o link show eth0; ip -o addr show eth0; ip route; \
+        ping -c 2 -W 5 10.123.0.1; ip neigh; cat /proc/net/dev; \
         wget -q -O /tmp/down http://10.123.0.1:8081/down && sha256sum /tmp/down; \
         mkdir -p /www && dd if=/dev/urandom of=/www/up bs=1024 count=1024 2>/dev/null; \
         sha256sum /www/up; exec httpd -f -p 8082 -h /www";

@@ -388,6 +388,12 @@ impl VirtioDevice for Net {
         });
         self.rx = rx::RxState::new();
         self.arm_backend();
+        debug!(
+            features = format_args!("{:#x}", self.acked),
+            offloads = format_args!("{:#x}", tun_offload_flags(self.acked)),
+            tap = self.backend.is_some(),
+            "virtio-net: activated"
+        );
         // A backend may have been attached before the driver was ready.
         self.take_attached();
         // Frames may already be queued (a kick before DRIVER_OK is dropped).
