@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -246,6 +247,62 @@ pub enum Request {
     },
     /// Flush filesystems and power the guest off. Answered before the guest goes down.
     Shutdown,
+    /// Give a created container the network interfaces the engine put into its network
+    /// namespace on the host: each guest virtio-net device named is moved into the
+    /// container's network namespace and configured like its host counterpart.
+    ConfigureNetwork {
+        /// The container.
+        container_id: String,
+        /// The interfaces, in any order.
+        interfaces: Vec<GuestInterface>,
+    },
+    /// Run config.json's `startContainer` hooks in the container's namespaces (before
+    /// `StartContainer`), each with `state` on its stdin.
+    RunStartHooks {
+        /// The container.
+        container_id: String,
+        /// The OCI state of the container, as runtimes give it to hooks.
+        state: serde_json::Value,
+    },
+}
+
+/// An interface to configure in the guest as the engine configured it on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestInterface {
+    /// The MAC the guest's virtio-net device was given at boot: how the agent finds it.
+    pub boot_mac: [u8; 6],
+    /// The interface's name (the engine's, e.g. `eth0`).
+    pub name: String,
+    /// Its MAC.
+    pub mac: [u8; 6],
+    /// Its MTU.
+    pub mtu: u32,
+    /// Its addresses.
+    pub addresses: Vec<IpNet>,
+    /// The routes through it.
+    pub routes: Vec<GuestRoute>,
+}
+
+/// An address with its prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpNet {
+    /// The address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+/// A route through one interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestRoute {
+    /// Destination network; `None` is the default route.
+    pub destination: Option<IpNet>,
+    /// Next hop.
+    pub gateway: Option<IpAddr>,
+    /// Metric.
+    pub metric: Option<u32>,
+    /// Link scope: the destination is directly reachable.
+    pub link_scope: bool,
 }
 
 /// What to run and how.

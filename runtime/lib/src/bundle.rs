@@ -222,6 +222,19 @@ impl Bundle {
                 }
             }
         }
+        // The network namespace's path is the host's, joined by the sandbox process: in
+        // the guest the container gets a namespace of its own, which the agent gives the
+        // host namespace's interfaces.
+        if let Some(namespaces) = raw
+            .pointer_mut("/linux/namespaces")
+            .and_then(|n| n.as_array_mut())
+        {
+            for ns in namespaces.iter_mut().filter(|n| n["type"] == "network") {
+                if let Some(o) = ns.as_object_mut() {
+                    o.remove("path");
+                }
+            }
+        }
         raw
     }
 }
@@ -513,6 +526,20 @@ mod tests {
         nix::mount::umount2(&ro, nix::mount::MntFlags::MNT_DETACH).unwrap();
         assert!(e.contains("read-only file system"), "{e}");
         assert!(ok.is_ok(), "asked read-only, it is fine");
+    }
+
+    #[test]
+    fn the_network_namespace_path_stays_on_the_host() {
+        let mut c = minimal();
+        c["linux"] = json!({"namespaces": [{"type": "mount"},
+            {"type": "network", "path": "/run/netns/x"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]});
+        let (_d, b) = bundle_with(c);
+        let g = b.unwrap().guest_spec("/run/husk/shared");
+        assert_eq!(g["linux"]["namespaces"][1], json!({"type": "network"}));
+        assert_eq!(
+            g["linux"]["namespaces"][2]["path"], "/proc/1/ns/ipc",
+            "others untouched"
+        );
     }
 
     #[test]

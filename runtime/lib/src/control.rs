@@ -2,6 +2,7 @@
 //! `state`, `pause`, `resume` and `ps` reach a running sandbox. One request and one
 //! response per connection, framed like the agent protocol (u32 length + JSON).
 
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
@@ -20,8 +21,18 @@ use crate::state::{ContainerDir, Status};
 pub enum ControlRequest {
     /// The live status.
     State,
-    /// Run the user's program (created -> running).
-    Start,
+    /// Run the user's program (created -> running), after the startContainer hooks.
+    Start {
+        /// The OCI state for startContainer hooks, when config.json has some.
+        #[serde(default)]
+        hook_state: Option<serde_json::Value>,
+    },
+    /// Attach the taps sent with this request (in order) to the VM's spare network
+    /// devices and configure the interfaces in the guest.
+    AttachNetwork {
+        /// The interfaces, as the agent gets them.
+        interfaces: Vec<husk_protocol::GuestInterface>,
+    },
     /// Signal the container's process (or all of its processes).
     Kill {
         /// Signal number.
@@ -82,20 +93,30 @@ impl ControlResponse {
 
 /// Sends `req` to the sandbox whose state directory is `dir`.
 pub fn request(dir: &Path, req: ControlRequest, timeout: Duration) -> Result<ControlResponse> {
+    request_with_fds(dir, req, &[], timeout)
+}
+
+/// Sends `req` with descriptors attached.
+pub fn request_with_fds(
+    dir: &Path,
+    req: ControlRequest,
+    fds: &[RawFd],
+    timeout: Duration,
+) -> Result<ControlResponse> {
     let sockets = SocketDir::open(dir)?;
     let mut s = UnixStream::connect(sockets.socket(ContainerDir::CONTROL_SOCKET))
         .context("connecting to the container's sandbox process")?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write_frame(&mut s, &req).context("sending to the sandbox process")?;
+    crate::fdpass::send_frame(&s, &req, fds).context("sending to the sandbox process")?;
     read_frame(&mut s).context("reading the sandbox process's answer")
 }
 
+/// A control handler: the request and the descriptors that came with it.
+pub type Handler = Arc<dyn Fn(ControlRequest, Vec<OwnedFd>) -> ControlResponse + Send + Sync>;
+
 /// Serves control requests with `handler`, one thread per connection, forever.
-pub fn serve(
-    listener: UnixListener,
-    handler: Arc<dyn Fn(ControlRequest) -> ControlResponse + Send + Sync>,
-) {
+pub fn serve(listener: UnixListener, handler: Handler) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else {
             std::thread::sleep(Duration::from_millis(50));
@@ -106,8 +127,8 @@ pub fn serve(
             .name("control".into())
             .spawn(move || {
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-                let resp = match read_frame::<_, ControlRequest>(&mut conn) {
-                    Ok(req) => handler(req),
+                let resp = match crate::fdpass::recv_frame::<ControlRequest>(&conn) {
+                    Ok((req, fds)) => handler(req, fds),
                     Err(e) => ControlResponse::Error {
                         message: format!("bad control request: {e}"),
                     },

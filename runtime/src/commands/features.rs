@@ -2,8 +2,8 @@
 //! `runc features` (runtime-spec features-linux.md).
 //!
 //! The Linux features are those of the container inside the guest (namespaces,
-//! capabilities, seccomp are applied by the guest agent under the guest kernel). husk
-//! runs no OCI hooks: its container processes live in a VM the host cannot enter.
+//! capabilities, seccomp are applied by the guest agent under the guest kernel). Every
+//! hook phase runs (startContainer inside the guest; see `husk_runtime::hooks`).
 
 use anyhow::{Context, Result};
 use liboci_cli::Features;
@@ -19,7 +19,8 @@ pub fn features() -> Result<OciFeatures> {
     let doc = json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": husk_runtime::state::record::OCI_VERSION,
-        "hooks": [],
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer",
+                  "poststart", "poststop"],
         "mountOptions": [
             "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec",
             "mand", "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime",
@@ -46,7 +47,8 @@ pub fn features() -> Result<OciFeatures> {
         "annotations": {
             "io.github.husk.version": env!("CARGO_PKG_VERSION"),
             "io.github.husk.isolation": "kvm-microvm",
-            "io.github.husk.bind-mounts": "regular files only (copied into the root image)"
+            "io.github.husk.bind-mounts": "regular files only (copied into the root image)",
+            "io.github.husk.network": "the network namespace's Ethernet interfaces, carried into the VM; no host network"
         }
     });
     serde_json::from_value(doc).context("building the features document")

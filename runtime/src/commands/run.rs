@@ -34,6 +34,9 @@ pub fn run(g: &Globals, args: Run) -> Result<i32> {
     if let Err(e) = started {
         let _ = sandbox.kill();
         let _ = sandbox.wait();
+        if let Ok(rec) = dir.load() {
+            husk_runtime::container::delete::release(&dir, &rec, None);
+        }
         let _ = dir.remove();
         return Err(e);
     }
@@ -60,6 +63,9 @@ pub fn run(g: &Globals, args: Run) -> Result<i32> {
     };
     if !args.keep {
         let _lock = dir.lock()?;
+        if let Ok(rec) = dir.load() {
+            husk_runtime::container::delete::release(&dir, &rec, None);
+        }
         dir.remove()?;
     }
     Ok(code)

@@ -128,6 +128,7 @@ pub fn run(args: VmRunArgs) -> Result<i32> {
         vcpus: args.cpus,
         mem_mib: args.memory,
         disks,
+        nets: Vec::new(),
         vsock: Some(VsockConfig {
             guest_cid: GUEST_CID,
             uds_path: uds.clone(),

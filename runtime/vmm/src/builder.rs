@@ -23,6 +23,8 @@ use crate::devices::legacy::PortIoBus;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::net::tap::{FrameIo, Tap};
+use crate::devices::virtio::net::{Net, NetHandle, NetParams};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{EventRegistrar, Interrupt, VirtioDevice};
 use crate::vstate::vcpu::{create_vcpus, install_kick_handler, kick_signal};
@@ -51,12 +53,34 @@ fn validate(config: &VmConfig) -> Result<(), VmmError> {
             config.mem_mib
         )));
     }
-    let devices =
-        config.disks.len() + usize::from(config.vsock.is_some()) + usize::from(config.fs.is_some());
+    let devices = config.disks.len()
+        + usize::from(config.vsock.is_some())
+        + usize::from(config.fs.is_some())
+        + config.nets.len();
     if devices > (IRQ_MAX - VIRTIO_IRQ_START + 1) as usize {
         return Err(VmmError::Config(format!(
             "{devices} devices requested; too many"
         )));
+    }
+    for (i, n) in config.nets.iter().enumerate() {
+        if n.mac[0] & 1 != 0 || n.mac == [0; 6] {
+            return Err(VmmError::Config(format!(
+                "network device {i}: MAC {:02x?} is multicast or zero",
+                n.mac
+            )));
+        }
+        if config.nets[..i].iter().any(|o| o.mac == n.mac) {
+            return Err(VmmError::Config(format!(
+                "network devices share the MAC {:02x?}",
+                n.mac
+            )));
+        }
+        if n.mtu.is_some_and(|m| m < 68) {
+            return Err(VmmError::Config(format!(
+                "network device {i}: MTU {} is below 68",
+                n.mtu.unwrap_or(0)
+            )));
+        }
     }
     if let Some(v) = &config.vsock {
         if v.guest_cid < 3 || v.guest_cid > u64::from(u32::MAX) {
@@ -84,9 +108,15 @@ pub struct RunningVm {
     _mem: GuestMemoryMmap,
     _vm: VmFd,
     bus: Arc<MmioBus>,
+    nets: Vec<NetHandle>,
 }
 
 impl RunningVm {
+    /// Network device `index` (in [`VmConfig::nets`] order), to attach a tap to it.
+    pub fn net(&self, index: usize) -> Option<&NetHandle> {
+        self.nets.get(index)
+    }
+
     /// Asks the VM to stop; [`RunningVm::wait`] then returns [`VmExit::Stopped`] unless
     /// the guest ended first.
     pub fn stop(&self) {
@@ -257,6 +287,7 @@ pub fn start_vm(config: &VmConfig) -> Result<RunningVm, VmmError> {
         devices.push(Box::new(dev));
     }
     attach_fs_device(config, &mut devices)?;
+    let nets = attach_net_devices(config, &mut devices)?;
 
     let epoll = Arc::new(Epoll::new().map_err(setup("epoll"))?);
     let mut bus = MmioBus::default();
@@ -345,6 +376,7 @@ pub fn start_vm(config: &VmConfig) -> Result<RunningVm, VmmError> {
         _mem: mem,
         _vm: vm,
         bus,
+        nets,
     })
 }
 
@@ -358,4 +390,34 @@ fn attach_fs_device(
         devices.push(Box::new(Fs::new(fs)?));
     }
     Ok(())
+}
+
+/// Adds the virtio-net devices; each one's handle attaches a tap later if it has none.
+fn attach_net_devices(
+    config: &VmConfig,
+    devices: &mut Vec<Box<dyn VirtioDevice>>,
+) -> Result<Vec<NetHandle>, VmmError> {
+    let mut handles = Vec::new();
+    for (i, n) in config.nets.iter().enumerate() {
+        let backend = match &n.tap {
+            Some(fd) => {
+                let fd = fd
+                    .try_clone()
+                    .map_err(setup("duplicating a tap descriptor"))?;
+                let tap = Tap::from_fd(fd)
+                    .map_err(|e| VmmError::Setup(format!("network device {i}: {e}")))?;
+                Some(Box::new(tap) as Box<dyn FrameIo>)
+            }
+            None => None,
+        };
+        let (dev, handle) = Net::new(NetParams {
+            mac: n.mac,
+            mtu: n.mtu,
+            backend,
+        })
+        .map_err(setup("network device"))?;
+        devices.push(Box::new(dev));
+        handles.push(handle);
+    }
+    Ok(handles)
 }

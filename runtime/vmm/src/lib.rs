@@ -15,8 +15,9 @@ pub mod devices;
 pub mod vstate;
 
 pub use builder::{start_vm, RunningVm};
-pub use config::{DiskConfig, FsConfig, VmConfig, VsockConfig};
+pub use config::{DiskConfig, FsConfig, NetConfig, VmConfig, VsockConfig};
 pub use control::VmExit;
+pub use devices::virtio::net::NetHandle;
 
 /// Everything that can go wrong building a VM, each naming what it was about.
 #[derive(Debug, thiserror::Error)]

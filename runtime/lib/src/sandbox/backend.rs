@@ -1,6 +1,7 @@
 //! What runs the guest: a KVM microVM (the real thing) or, for tests on hosts without a
 //! KVM that boots Linux, the agent as a host process (`HUSK_SANDBOX_BACKEND=process`).
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,6 +26,19 @@ pub struct GuestSpec<'a> {
     pub vcpus: u8,
     /// Keep the guest's console log (`--debug`).
     pub debug: bool,
+    /// Network devices, in order.
+    pub nets: Vec<NetDevice>,
+}
+
+/// A network device of the guest.
+#[derive(Debug)]
+pub struct NetDevice {
+    /// The MAC it starts with.
+    pub mac: [u8; 6],
+    /// The MTU offered, when the interface is known at boot.
+    pub mtu: Option<u16>,
+    /// Its tap; `None`: link down until [`Backend::attach_net`].
+    pub tap: Option<OwnedFd>,
 }
 
 /// A disk for the guest.
@@ -60,6 +74,10 @@ pub trait Backend: Send + Sync {
     }
     /// The name recorded in state.
     fn name(&self) -> &'static str;
+    /// Gives network device `slot` its tap.
+    fn attach_net(&self, slot: usize, _tap: OwnedFd) -> Result<()> {
+        bail!("the {} backend has no network device {slot}", self.name())
+    }
 }
 
 /// Starts the backend `HUSK_SANDBOX_BACKEND` names (default `vm`).

@@ -19,10 +19,9 @@ mod loopdev;
 pub mod process_backend;
 pub mod vm_backend;
 
-use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -40,13 +39,13 @@ use crate::agent::{expect_ok, start_process, AgentAddress, AgentEndpoint, AgentM
 use crate::bundle::Bundle;
 use crate::control::{self, ControlRequest, ControlResponse};
 use crate::globals::Globals;
-use crate::state::{ContainerDir, Status};
-
+use crate::network::NetworkPlan;
 use crate::rootfs::RootLayers;
 use crate::shares::Shares;
 use crate::sockdir::SocketDir;
+use crate::state::{ContainerDir, Status};
 use crate::stdio::{window_size, IoMode, ProcessIo, Relays, StdioListener};
-use backend::{Backend, GuestDisk, GuestSpec};
+use backend::{Backend, GuestDisk, GuestSpec, NetDevice};
 
 /// Host vsock port the agent connects the container's stdio streams to.
 const CONTAINER_STDIO_PORT: u32 = 2000;
@@ -103,14 +102,14 @@ enum Ended {
 
 /// Runs the sandbox; returns its exit status.
 pub fn main(globals: &Globals, args: SandboxArgs) -> i32 {
-    // SAFETY: `create` passed this descriptor for this process alone to write to.
-    let mut ready = unsafe { File::from_raw_fd(args.ready_fd) };
+    // SAFETY: `create` passed this socket for this process alone.
+    let mut ready = unsafe { UnixStream::from_raw_fd(args.ready_fd) };
     let signals = crate::signal::block_forwarded();
     // Hold no directory of the caller's busy.
     let _ = std::env::set_current_dir("/");
     let span = tracing::info_span!("sandbox", id = %args.id);
     let _entered = span.enter();
-    let sandbox = match Sandbox::setup(globals, &args) {
+    let sandbox = match Sandbox::setup(globals, &args, &ready) {
         Ok(s) => s,
         Err(e) => {
             let message = crate::logging::one_line(&format!("{e:#}"));
@@ -134,7 +133,7 @@ pub fn main(globals: &Globals, args: SandboxArgs) -> i32 {
     sandbox.run(signals)
 }
 
-fn write_readiness(pipe: &mut File, r: &Readiness) -> std::io::Result<()> {
+fn write_readiness(pipe: &mut UnixStream, r: &Readiness) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(r)?;
     line.push(b'\n');
     pipe.write_all(&line)
@@ -174,7 +173,7 @@ fn seconds_from_env(name: &str, default: u64) -> Duration {
 }
 
 impl Sandbox {
-    fn setup(globals: &Globals, args: &SandboxArgs) -> Result<Self> {
+    fn setup(globals: &Globals, args: &SandboxArgs, create: &UnixStream) -> Result<Self> {
         let dir = ContainerDir::new(&globals.root, &args.id)?;
         let bundle = Bundle::load(&args.bundle)?;
         let sockets = SocketDir::open(dir.path())?;
@@ -216,6 +215,23 @@ impl Sandbox {
             "shares and root ready"
         );
 
+        // The network: `create` ran the hooks that set it up and made the taps.
+        let (plan, taps): (NetworkPlan, Vec<OwnedFd>) =
+            crate::fdpass::recv_frame(create).context("receiving the network plan")?;
+        let mut taps = taps.into_iter();
+        let mut nets = Vec::new();
+        for d in &plan.devices {
+            let tap = if d.tap {
+                Some(taps.next().context("the network plan lacks a tap")?)
+            } else {
+                None
+            };
+            nets.push(NetDevice {
+                mac: d.mac,
+                mtu: d.mtu,
+                tap,
+            });
+        }
         let backend = backend::start(&GuestSpec {
             dir: dir.path().to_owned(),
             sockets: &sockets,
@@ -224,6 +240,7 @@ impl Sandbox {
             memory_mib: bundle.memory_mib(),
             vcpus: bundle.vcpus(),
             debug: globals.log.debug,
+            nets,
         })?;
         let endpoint = AgentEndpoint::open(&backend.agent_address())?;
         let deadline = Instant::now() + seconds_from_env("HUSK_BOOT_TIMEOUT", 120);
@@ -284,6 +301,16 @@ impl Sandbox {
             "creating the container in the guest",
         )?;
         tracing::debug!(guest_pid, "container created");
+        if !plan.interfaces.is_empty() {
+            let resp = agent.call_timeout(
+                Request::ConfigureNetwork {
+                    container_id: args.id.clone(),
+                    interfaces: plan.interfaces,
+                },
+                Duration::from_secs(30),
+            )?;
+            expect_ok(resp, "configuring the container's network in the guest")?;
+        }
         let relays = io.relay(streams)?;
 
         let (ended_tx, ended) = mpsc::channel();
@@ -318,7 +345,12 @@ impl Sandbox {
         let handler_shared = shared.clone();
         std::thread::Builder::new()
             .name("control-server".into())
-            .spawn(move || control::serve(control, Arc::new(move |r| handler_shared.handle(r))))?;
+            .spawn(move || {
+                control::serve(
+                    control,
+                    Arc::new(move |r, fds| handler_shared.handle(r, fds)),
+                )
+            })?;
         Ok(Self {
             shared,
             io,
@@ -474,22 +506,69 @@ impl Shared {
         Ok(())
     }
 
-    fn handle(&self, req: ControlRequest) -> ControlResponse {
-        self.serve(req).unwrap_or_else(|e| ControlResponse::Error {
-            message: crate::logging::one_line(&format!("{e:#}")),
-        })
+    fn handle(&self, req: ControlRequest, fds: Vec<OwnedFd>) -> ControlResponse {
+        self.serve(req, fds)
+            .unwrap_or_else(|e| ControlResponse::Error {
+                message: crate::logging::one_line(&format!("{e:#}")),
+            })
     }
 
-    fn serve(&self, req: ControlRequest) -> Result<ControlResponse> {
+    fn serve(&self, req: ControlRequest, fds: Vec<OwnedFd>) -> Result<ControlResponse> {
         let id = &self.id;
         let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         match req {
             ControlRequest::State => Ok(ControlResponse::State { status: *status }),
-            ControlRequest::Start => {
+            ControlRequest::AttachNetwork { interfaces } => {
+                if *status != Status::Created {
+                    bail!(
+                        "container {id:?} is {}: networks attach before start",
+                        *status
+                    );
+                }
+                if fds.len() != interfaces.len() {
+                    bail!(
+                        "{} interfaces came with {} taps",
+                        interfaces.len(),
+                        fds.len()
+                    );
+                }
+                for (slot, tap) in fds.into_iter().enumerate() {
+                    self.backend.attach_net(slot, tap)?;
+                }
+                let resp = self.agent.call_timeout(
+                    Request::ConfigureNetwork {
+                        container_id: id.clone(),
+                        interfaces,
+                    },
+                    Duration::from_secs(30),
+                )?;
+                expect_ok(resp, "configuring the container's network in the guest")?;
+                Ok(ControlResponse::Ok)
+            }
+            ControlRequest::Start { hook_state } => {
                 match *status {
                     Status::Created => {}
                     Status::Stopped => bail!("cannot start container {id:?}: it has stopped"),
                     other => bail!("cannot start container {id:?}: it is already {other}"),
+                }
+                if let Some(state) = hook_state {
+                    let resp = self.agent.call_timeout(
+                        Request::RunStartHooks {
+                            container_id: id.clone(),
+                            state,
+                        },
+                        Duration::from_secs(24 * 3600),
+                    )?;
+                    if let Err(e) = expect_ok(resp, "running the startContainer hooks") {
+                        // The runtime spec: a failing startContainer hook stops the
+                        // container.
+                        let _ = self.agent.post(Request::Signal {
+                            exec_id: id.clone(),
+                            signal: Signal::SIGKILL as i32,
+                            all: true,
+                        });
+                        return Err(e);
+                    }
                 }
                 let resp = self.agent.call_timeout(
                     Request::StartContainer {

@@ -67,6 +67,9 @@ fn agent_binary() -> Result<PathBuf> {
 impl ProcessBackend {
     /// Attaches the image and starts the agent.
     pub fn start(spec: &GuestSpec<'_>) -> Result<Self> {
+        if spec.nets.iter().any(|n| n.tap.is_some()) {
+            bail!("the process backend has no network devices: it cannot carry interfaces");
+        }
         let agent = agent_binary()?;
         // The agent gets plain paths (it cannot use this process's short ones).
         let control = spec.dir.join(CONTROL);

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use husk_vmm::{DiskConfig, FsConfig, RunningVm, VmConfig, VmExit, VsockConfig};
+use std::os::fd::OwnedFd;
+
+use husk_vmm::devices::virtio::net::tap::Tap;
+use husk_vmm::{DiskConfig, FsConfig, NetConfig, RunningVm, VmConfig, VmExit, VsockConfig};
 
 use super::backend::{Backend, GuestSpec};
 use crate::agent::AgentAddress;
@@ -89,6 +92,17 @@ impl VmBackend {
                     read_only: d.readonly,
                 })
                 .collect(),
+            nets: spec
+                .nets
+                .iter()
+                .map(|n| -> Result<NetConfig> {
+                    Ok(NetConfig {
+                        mac: n.mac,
+                        mtu: n.mtu,
+                        tap: n.tap.as_ref().map(OwnedFd::try_clone).transpose()?,
+                    })
+                })
+                .collect::<Result<_>>()?,
             vsock: Some(VsockConfig {
                 guest_cid: GUEST_CID,
                 uds_path: spec.sockets.socket(ContainerDir::VSOCK_SOCKET),
@@ -159,6 +173,17 @@ impl Backend for VmBackend {
 
     fn name(&self) -> &'static str {
         "vm"
+    }
+
+    fn attach_net(&self, slot: usize, tap: OwnedFd) -> Result<()> {
+        let handle = self
+            .vm
+            .net(slot)
+            .with_context(|| format!("the microVM has no network device {slot}"))?;
+        let tap = Tap::from_fd(tap).context("the tap handed to the sandbox")?;
+        handle
+            .attach(Box::new(tap))
+            .with_context(|| format!("network device {slot}"))
     }
 }
 

@@ -71,6 +71,9 @@ pub struct HuskState {
     /// Which sandbox backend runs the container ("vm" or "process").
     #[serde(default)]
     pub backend: String,
+    /// The container's network namespace and what husk plumbed in it.
+    #[serde(default)]
+    pub network: Option<crate::network::NetworkRecord>,
 }
 
 /// The whole state file.
@@ -106,6 +109,7 @@ impl ContainerRecord {
                 sandbox_start_time: None,
                 agent: None,
                 backend: String::new(),
+                network: None,
             },
         }
     }
@@ -150,6 +154,13 @@ impl ContainerRecord {
     /// The sandbox process, once `create` started it.
     pub fn sandbox_pid(&self) -> Option<i32> {
         self.oci.pid().filter(|&p| p > 0)
+    }
+
+    /// The OCI state as hooks get it on stdin, with `status`.
+    pub fn hook_state(&self, status: ContainerState) -> serde_json::Value {
+        let mut oci = self.oci.clone();
+        oci.set_status(status);
+        serde_json::to_value(&oci).unwrap_or_default()
     }
 
     /// The state as `husk state` prints it, with `status` the live status: runc's layout

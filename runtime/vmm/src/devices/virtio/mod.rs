@@ -10,6 +10,9 @@
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod net;
+#[cfg(test)]
+pub mod test_driver;
 pub mod vsock;
 
 use std::io;
