@@ -12,6 +12,8 @@ pub mod config;
 pub mod control;
 pub mod device_manager;
 pub mod devices;
+pub mod ratelimit;
+pub mod seccomp;
 pub mod vstate;
 
 pub use builder::{start_vm, RunningVm};
