@@ -133,6 +133,7 @@ pub fn run(args: VmRunArgs) -> Result<i32> {
             uds_path: uds.clone(),
         }),
         serial_log: args.serial_log.clone(),
+        seccomp: true,
     };
     let vm = husk_vmm::start_vm(&config).context("starting the microVM")?;
     let hint = match &args.serial_log {

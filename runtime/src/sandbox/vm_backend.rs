@@ -78,6 +78,7 @@ impl VmBackend {
                 uds_path: spec.sockets.socket(ContainerDir::VSOCK_SOCKET),
             }),
             serial_log: spec.debug.then(|| spec.dir.join("console.log")),
+            seccomp: true,
         };
         let vm = husk_vmm::start_vm(&config).context("starting the microVM")?;
         Ok(Self {

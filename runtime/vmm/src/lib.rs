@@ -16,7 +16,7 @@ pub mod ratelimit;
 pub mod seccomp;
 pub mod vstate;
 
-pub use builder::{start_vm, RunningVm};
+pub use builder::{build_vm, start_vm, BuiltVm, RunningVm};
 pub use config::{DiskConfig, VmConfig, VsockConfig};
 pub use control::VmExit;
 

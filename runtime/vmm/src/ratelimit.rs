@@ -93,7 +93,11 @@ mod tests {
         for _ in 0..1000 {
             assert_eq!(l.admit_at(t0 + Duration::from_secs(1)), None);
         }
-        assert_eq!(l.admit_at(t0 + WINDOW), Some(1000), "the count comes with the next line");
+        assert_eq!(
+            l.admit_at(t0 + WINDOW),
+            Some(1000),
+            "the count comes with the next line"
+        );
         assert_eq!(l.admit_at(t0 + WINDOW), Some(0));
     }
 }

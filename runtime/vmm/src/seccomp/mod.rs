@@ -136,7 +136,10 @@ impl Allowlist {
         mask: u64,
         value: u64,
     ) -> &mut Self {
-        self.add_rules(syscall, vec![rule(&[(arg, SeccompCmpOp::MaskedEq(mask), value)])])
+        self.add_rules(
+            syscall,
+            vec![rule(&[(arg, SeccompCmpOp::MaskedEq(mask), value)])],
+        )
     }
 
     fn add_rules(&mut self, syscall: libc::c_long, rules: Vec<SeccompRule>) -> &mut Self {
@@ -358,7 +361,12 @@ const SI_SYSCALL_OFFSET: usize = 24;
 extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo_t for a SIGSYS raised by seccomp; its
     // `_sigsys._syscall` field is an int at SI_SYSCALL_OFFSET.
-    let nr = unsafe { info.cast::<u8>().add(SI_SYSCALL_OFFSET).cast::<i32>().read() };
+    let nr = unsafe {
+        info.cast::<u8>()
+            .add(SI_SYSCALL_OFFSET)
+            .cast::<i32>()
+            .read()
+    };
     let role = THREAD_ROLE.with(Cell::get);
     let line = violation_line(role, i64::from(nr), RECORD_JSON.load(Ordering::Relaxed));
     // SAFETY: write(2) and _exit(2) are async-signal-safe and allowed by every role; the

@@ -63,8 +63,8 @@ fn case_runner() {
         }
         "vcpu-foreign-ioctl" => {
             install(ThreadRole::Vcpu);
-            // SAFETY: FIONREAD on stdin writes one int into `n`.
             let mut n: libc::c_int = 0;
+            // SAFETY: FIONREAD on stdin writes one int into `n`.
             unsafe { libc::ioctl(0, libc::FIONREAD, &mut n) };
         }
         "control-threads-and-sockets" => {
@@ -85,7 +85,10 @@ fn case_runner() {
             // SAFETY: clone3 with a null argument fails before doing anything.
             let r = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) };
             assert_eq!(r, -1);
-            assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENOSYS));
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::ENOSYS)
+            );
             // SAFETY: _exit ends the process at once.
             unsafe { libc::_exit(0) };
         }
@@ -93,6 +96,7 @@ fn case_runner() {
             install(ThreadRole::Control);
             // SAFETY: the child, if there were one, would only _exit.
             if unsafe { libc::fork() } == 0 {
+                // SAFETY: _exit ends the child at once.
                 unsafe { libc::_exit(0) };
             }
         }
@@ -118,7 +122,12 @@ fn every_role_compiles() {
 #[test]
 fn roles_are_narrower_than_control() {
     let vcpu = vcpu::allowlist();
-    for nr in [libc::SYS_socket, libc::SYS_connect, libc::SYS_clone, libc::SYS_execve] {
+    for nr in [
+        libc::SYS_socket,
+        libc::SYS_connect,
+        libc::SYS_clone,
+        libc::SYS_execve,
+    ] {
         assert!(!vcpu.contains(nr), "vCPU threads may not make syscall {nr}");
     }
     let control = control::allowlist(1, libc::SIGRTMIN());
@@ -130,7 +139,10 @@ fn roles_are_narrower_than_control() {
         libc::SYS_setuid,
         libc::SYS_kill,
     ] {
-        assert!(!control.contains(nr), "control threads may not make syscall {nr}");
+        assert!(
+            !control.contains(nr),
+            "control threads may not make syscall {nr}"
+        );
     }
 }
 

@@ -24,11 +24,7 @@ pub fn allowlist() -> Allowlist {
     l.allow_arg_in(
         libc::SYS_ioctl,
         1,
-        &[
-            u64::from(KVM_RUN()),
-            u64::from(KVM_GET_REGS()),
-            u64::from(KVM_GET_MP_STATE()),
-        ],
+        &[KVM_RUN(), KVM_GET_REGS(), KVM_GET_MP_STATE()],
     );
     l
 }

@@ -433,7 +433,8 @@ impl MmioTransport {
     fn fail(&mut self, reason: &str) {
         guest_warn!(
             device = self.device.device_type(),
-            reason, "virtio-mmio: device needs reset"
+            reason,
+            "virtio-mmio: device needs reset"
         );
         self.status |= status::DEVICE_NEEDS_RESET;
         let _ = self.interrupt.signal_config_change();

@@ -451,7 +451,10 @@ impl Muxer {
                 Err(e) => {
                     // Likely out of fds. The listener is level-triggered and would wake us
                     // in a loop: take it out of epoll for a moment.
-                    crate::guest_warn!("virtio-vsock: accept on {}: {e}", self.uds_path().display());
+                    crate::guest_warn!(
+                        "virtio-vsock: accept on {}: {e}",
+                        self.uds_path().display()
+                    );
                     self.pause_listener();
                     return;
                 }
