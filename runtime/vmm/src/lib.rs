@@ -12,6 +12,8 @@ pub mod config;
 pub mod control;
 pub mod device_manager;
 pub mod devices;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod ratelimit;
 pub mod seccomp;
 pub mod vstate;
