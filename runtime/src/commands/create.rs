@@ -110,7 +110,7 @@ pub fn create(g: &Globals, opts: &CreateOptions<'_>) -> Result<Created> {
     let lock = dir.lock()?;
     let mut rec = ContainerRecord::new(opts.id, &bundle.dir, &bundle.rootfs, bundle.annotations());
     rec.save(&dir.state_file())?;
-    std::fs::write(dir.config_copy(), serde_json::to_vec(&bundle.raw)?)
+    crate::container::state::write_private(&dir.config_copy(), &serde_json::to_vec(&bundle.raw)?)
         .context("saving a copy of config.json")?;
 
     let globals = Globals {

@@ -51,13 +51,51 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
 }
 
-/// Starts the backend `HUSK_SANDBOX_BACKEND` names (default `vm`).
+/// Which backend runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A microVM.
+    Vm,
+    /// The agent as a host process, unconfined: test builds only.
+    Process,
+}
+
+/// The backend `HUSK_SANDBOX_BACKEND` names (default `vm`). The process backend runs the
+/// container on the host with no VM around it, so only debug builds (the host-tier
+/// tests) accept it: a release husk refuses to be talked out of its isolation.
+pub fn choose(env: Option<&str>, test_build: bool) -> Result<Kind> {
+    match env {
+        None | Some("") | Some("vm") => Ok(Kind::Vm),
+        Some("process") if test_build => Ok(Kind::Process),
+        Some("process") => {
+            bail!("HUSK_SANDBOX_BACKEND=process is for husk's own tests; this build runs containers in microVMs only")
+        }
+        Some(other) => bail!("HUSK_SANDBOX_BACKEND={other:?}: use vm"),
+    }
+}
+
+/// Starts the backend [`choose`] picks.
 pub fn start(spec: &GuestSpec<'_>) -> Result<Box<dyn Backend>> {
-    match std::env::var("HUSK_SANDBOX_BACKEND").as_deref() {
-        Err(_) | Ok("") | Ok("vm") => Ok(Box::new(super::vm_backend::VmBackend::start(spec)?)),
-        Ok("process") => Ok(Box::new(super::process_backend::ProcessBackend::start(
+    let env = std::env::var("HUSK_SANDBOX_BACKEND").ok();
+    match choose(env.as_deref(), cfg!(debug_assertions))? {
+        Kind::Vm => Ok(Box::new(super::vm_backend::VmBackend::start(spec)?)),
+        Kind::Process => Ok(Box::new(super::process_backend::ProcessBackend::start(
             spec,
         )?)),
-        Ok(other) => bail!("HUSK_SANDBOX_BACKEND={other:?}: use vm or process"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_builds_refuse_the_process_backend() {
+        assert_eq!(choose(Some("process"), true).unwrap(), Kind::Process);
+        let err = choose(Some("process"), false).unwrap_err().to_string();
+        assert!(err.contains("microVMs only"), "{err}");
+        assert_eq!(choose(None, false).unwrap(), Kind::Vm);
+        assert_eq!(choose(Some("vm"), false).unwrap(), Kind::Vm);
+        assert!(choose(Some("qemu"), true).is_err());
     }
 }
