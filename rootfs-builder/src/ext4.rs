@@ -5,7 +5,6 @@
 //! a failure leaves no half-built image behind.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};

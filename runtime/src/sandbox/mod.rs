@@ -12,6 +12,7 @@
 //! process exits, the sandbox flushes stdio, powers the guest off and exits.
 
 pub mod backend;
+pub mod confine;
 pub mod control;
 mod loopdev;
 pub mod process_backend;
@@ -46,6 +47,9 @@ use control::{ControlRequest, ControlResponse};
 const CONTAINER_STDIO_PORT: u32 = 2000;
 /// How long output may keep flowing after the container's process has exited.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// After `kill KILL`, how long the guest has to end the container before the host ends
+/// the VM itself: SIGKILL must not depend on a guest that obeys.
+pub const KILL_GRACE: Duration = Duration::from_secs(3);
 
 /// Options of the hidden `husk sandbox` command (only `create` runs it).
 #[derive(Args, Debug)]
@@ -104,7 +108,7 @@ pub fn main(globals: &Globals, args: SandboxArgs) -> i32 {
     let _ = std::env::set_current_dir("/");
     let span = tracing::info_span!("sandbox", id = %args.id);
     let _entered = span.enter();
-    let sandbox = match Sandbox::setup(globals, &args) {
+    let sandbox = match confine::set_rlimits().and_then(|()| Sandbox::setup(globals, &args)) {
         Ok(s) => s,
         Err(e) => {
             let message = crate::logging::one_line(&format!("{e:#}"));
@@ -151,7 +155,6 @@ struct Sandbox {
     relays: Relays,
     ended: Receiver<Ended>,
     _sockets: SocketDir,
-    _stdio: StdioListener,
 }
 
 fn seconds_from_env(name: &str, default: u64) -> Duration {
@@ -234,6 +237,9 @@ impl Sandbox {
             "creating the container in the guest",
         )?;
         tracing::debug!(guest_pid, "container created");
+        // The container's streams are connected: nothing else may connect to its stdio
+        // port (a guest could otherwise open connections there without end).
+        drop(stdio);
         let relays = io.relay(streams)?;
 
         let (ended_tx, ended) = mpsc::channel();
@@ -275,7 +281,6 @@ impl Sandbox {
             relays,
             ended,
             _sockets: sockets,
-            _stdio: stdio,
         })
     }
 
@@ -356,6 +361,31 @@ impl Shared {
         }
     }
 
+    /// Ends the VM under the container, which then counts as killed by SIGKILL.
+    fn kill_vm(&self) {
+        // The reason goes first: the main loop must not see the VM end without it.
+        let _ = self
+            .ended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(Ended::Killed(128 + Signal::SIGKILL as i32));
+        self.backend.stop();
+    }
+
+    /// Waits up to `timeout` for the container to be recorded stopped.
+    fn wait_stopped(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if *self.status.lock().unwrap_or_else(PoisonError::into_inner) == Status::Stopped {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills exec `exec_id` in the guest once host process `pid` has ended.
     fn watch_exec(&self, exec_id: String, pid: i32) -> Result<()> {
         // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1;
@@ -406,6 +436,9 @@ impl Shared {
                     Status::Stopped => bail!("cannot start container {id:?}: it has stopped"),
                     other => bail!("cannot start container {id:?}: it is already {other}"),
                 }
+                // Not held across the round trip: `state` and `kill` must keep answering
+                // while a slow (or hostile) guest takes its time.
+                drop(status);
                 let resp = self.agent.call_timeout(
                     Request::StartContainer {
                         container_id: id.clone(),
@@ -413,7 +446,10 @@ impl Shared {
                     Duration::from_secs(60),
                 )?;
                 expect_ok(resp, "starting the container in the guest")?;
-                *status = Status::Running;
+                let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+                if *status == Status::Created {
+                    *status = Status::Running;
+                }
                 Ok(ControlResponse::Ok)
             }
             ControlRequest::Kill { signal, all } => {
@@ -429,15 +465,23 @@ impl Shared {
                     Status::Paused if signal == Signal::SIGKILL as i32 => {
                         // A frozen guest cannot act on it; ending the VM has the same
                         // effect and cannot be ignored either.
-                        self.backend.stop();
-                        let _ = self
-                            .ended
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .send(Ended::Killed(128 + signal));
+                        self.kill_vm();
                     }
                     // Delivered when the guest is thawed, as with a frozen cgroup.
                     Status::Paused => self.agent.post(req)?,
+                    Status::Created | Status::Running if signal == Signal::SIGKILL as i32 => {
+                        drop(status);
+                        // The guest is asked, but not relied on.
+                        if let Err(e) = self.agent.post(req) {
+                            tracing::warn!("asking the guest to kill the container: {e:#}");
+                        }
+                        if !self.wait_stopped(KILL_GRACE) {
+                            tracing::warn!(
+                                "the guest did not end the container within {KILL_GRACE:?} of SIGKILL; ending the VM"
+                            );
+                            self.kill_vm();
+                        }
+                    }
                     Status::Created | Status::Running => {
                         drop(status);
                         let resp = self.agent.call_timeout(req, Duration::from_secs(10))?;
