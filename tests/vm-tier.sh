@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs husk's VM tier: real guest kernel, real agent, real KVM.
 #
-#   tests/vm-tier.sh [--core | --clients] [cargo test filter and flags...]
+#   tests/vm-tier.sh [--core | --hardening | --clients] [cargo test filter and flags...]
 #
-# Two suites: tests/tests/vm_tier.rs (the microVM core through `husk vm run`) and
-# tests/tests/clients.rs (containerd, podman and dockerd driving the runtime under test:
-# husk, or HUSK_CLIENT_RUNTIME, e.g. /usr/sbin/runc to check the harness, with a locally
-# built busybox image). Both by default; --core or --clients picks one.
+# Three suites: tests/tests/vm_tier.rs (the microVM core through `husk vm run`),
+# tests/tests/hardening.rs (the sandbox's confinement, a hostile guest, conformance fixes)
+# and tests/tests/clients.rs (containerd, podman and dockerd driving the runtime under
+# test: husk, or HUSK_CLIENT_RUNTIME, e.g. /usr/sbin/runc to check the harness, with a
+# locally built busybox image). All by default; --core, --hardening or --clients picks one.
 #
 # Builds everything the tier needs (guest kernel, cached; static agent and initramfs; the
 # husk binary; a busybox test disk), then runs tests/tests/vm_tier.rs:
@@ -24,10 +25,11 @@ mkdir -p "$out"
 log() { echo "vm-tier: $*" >&2; }
 . scripts/common.sh
 
-suites=(vm_tier clients)
+suites=(vm_tier hardening clients)
 case "${1:-}" in
     --clients) suites=(clients); shift ;;
     --core) suites=(vm_tier); shift ;;
+    --hardening) suites=(hardening); shift ;;
 esac
 mode=${HUSK_VM_TIER_MODE:-}
 if [ -z "$mode" ]; then
@@ -43,7 +45,7 @@ log "building the guest kernel (cached), the agent, initramfs and husk"
 husk_build
 log "building the test binaries"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q -p husk-tests \
-    --bin husk-vsock-peer --target x86_64-unknown-linux-gnu
+    --bin husk-vsock-peer --bin husk-hostile --target x86_64-unknown-linux-gnu
 testbins=()
 for suite in "${suites[@]}"; do
     bin=$(cargo test --release -q -p husk-tests --test "$suite" --no-run --message-format=json 2>/dev/null |
@@ -63,7 +65,8 @@ if [[ " ${suites[*]} " == *" clients "* ]]; then
 fi
 
 log "building the busybox test disk"
-husk_busybox_image "$out" target/x86_64-unknown-linux-gnu/release/husk-vsock-peer >/dev/null
+husk_busybox_image "$out" target/x86_64-unknown-linux-gnu/release/husk-vsock-peer \
+    target/x86_64-unknown-linux-gnu/release/husk-hostile >/dev/null
 
 export HUSK_BIN=$repo/target/release/husk HUSK_TEST_ROOTFS=$out/busybox.img \
     HUSK_TEST_ROOTFS_DIR=$out/rootfs

@@ -66,12 +66,67 @@ impl VmTier {
         c
     }
 
+    /// An OCI bundle in `dir` with a copy of the busybox tree and `husk spec`'s config,
+    /// whose process runs `args`.
+    pub fn oci_bundle(&self, dir: &Path, args: &[&str]) -> PathBuf {
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let src = std::env::var_os("HUSK_TEST_ROOTFS_DIR").expect("HUSK_TEST_ROOTFS_DIR");
+        let cp = Command::new("cp")
+            .arg("-a")
+            .arg(&src)
+            .arg(bundle.join("rootfs"))
+            .output()
+            .unwrap();
+        assert!(cp.status.success(), "{}", show(&cp));
+        let o = output(Command::new(&self.husk).arg("spec").current_dir(&bundle));
+        assert!(o.status.success(), "{}", show(&o));
+        let mut spec = read_config(&bundle);
+        spec["process"]["args"] = serde_json::json!(args);
+        spec["process"]["terminal"] = serde_json::json!(false);
+        write_config(&bundle, &spec);
+        bundle
+    }
+
+    /// `husk --root ROOT` with stdin from /dev/null.
+    pub fn husk_oci(&self, root: &Path) -> Command {
+        let mut c = Command::new(&self.husk);
+        c.arg("--root").arg(root).stdin(Stdio::null());
+        c
+    }
+
     /// A private copy of the test rootfs image in `dir`.
     pub fn rootfs_copy(&self, dir: &Path, name: &str) -> PathBuf {
         let p = dir.join(name);
         std::fs::copy(&self.rootfs, &p).expect("copying the test rootfs");
         p
     }
+}
+
+/// A bundle's config.json.
+pub fn read_config(bundle: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap()
+}
+
+/// Writes a bundle's config.json.
+pub fn write_config(bundle: &Path, spec: &serde_json::Value) {
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(spec).unwrap(),
+    )
+    .unwrap();
+}
+
+/// No state directory under `root` and no process (sandbox) with `id` in its arguments.
+pub fn assert_nothing_left(root: &Path, id: &str) {
+    let left: Vec<_> = std::fs::read_dir(root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "state left behind: {left:?}");
+    assert!(
+        !process_with_arg_exists(id),
+        "a process of {id} was left behind"
+    );
 }
 
 /// Runs `cmd` and returns its output; panics with context if it could not start.

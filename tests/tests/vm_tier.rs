@@ -393,56 +393,14 @@ fn serial_log_shows_the_kernel_booting() {
     assert!(text.contains("Linux version"), "console log: {text}");
 }
 
-/// An OCI bundle in `dir` with a copy of the busybox tree and `husk spec`'s config, whose
-/// process runs `args`.
-fn oci_bundle(t: &VmTier, dir: &Path, args: &[&str]) -> std::path::PathBuf {
-    let bundle = dir.join("bundle");
-    std::fs::create_dir_all(&bundle).unwrap();
-    let src = std::env::var_os("HUSK_TEST_ROOTFS_DIR").expect("HUSK_TEST_ROOTFS_DIR");
-    let cp = Command::new("cp")
-        .arg("-a")
-        .arg(&src)
-        .arg(bundle.join("rootfs"))
-        .output()
-        .unwrap();
-    assert!(cp.status.success(), "{}", show(&cp));
-    let o = output(Command::new(&t.husk).arg("spec").current_dir(&bundle));
-    assert!(o.status.success(), "{}", show(&o));
-    let path = bundle.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    spec["process"]["args"] = serde_json::json!(args);
-    spec["process"]["terminal"] = serde_json::json!(false);
-    std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
-    bundle
-}
-
-/// No state directory under `root` and no process (sandbox) with `id` in its arguments.
-fn assert_nothing_left(root: &Path, id: &str) {
-    let left: Vec<_> = std::fs::read_dir(root)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "state left behind: {left:?}");
-    assert!(
-        !process_with_arg_exists(id),
-        "a process of {id} was left behind"
-    );
-}
-
-fn husk_oci(t: &VmTier, root: &Path) -> Command {
-    let mut c = Command::new(&t.husk);
-    c.arg("--root").arg(root).stdin(Stdio::null());
-    c
-}
-
 #[test]
 #[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
 fn oci_run_in_a_microvm_returns_the_exit_status_and_leaves_nothing() {
     let (t, tmp) = tier();
-    let bundle = oci_bundle(&t, tmp.path(), &["sh", "-c", "uname -r; exit 3"]);
+    let bundle = t.oci_bundle(tmp.path(), &["sh", "-c", "uname -r; exit 3"]);
     let root = tmp.path().join("state");
     let o = output(
-        husk_oci(&t, &root)
+        t.husk_oci(&root)
             .args(["run", "--bundle"])
             .arg(&bundle)
             .arg("oci-run"),
@@ -454,17 +412,17 @@ fn oci_run_in_a_microvm_returns_the_exit_status_and_leaves_nothing() {
         "{}",
         show(&o)
     );
-    assert_nothing_left(&root, "oci-run");
+    husk_tests::assert_nothing_left(&root, "oci-run");
 }
 
 #[test]
 #[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
 fn oci_create_with_a_missing_program_fails_clearly_and_leaves_nothing() {
     let (t, tmp) = tier();
-    let bundle = oci_bundle(&t, tmp.path(), &["/no/such/program"]);
+    let bundle = t.oci_bundle(tmp.path(), &["/no/such/program"]);
     let root = tmp.path().join("state");
     let o = output(
-        husk_oci(&t, &root)
+        t.husk_oci(&root)
             .args(["create", "--bundle"])
             .arg(&bundle)
             .arg("oci-bad"),
@@ -482,8 +440,8 @@ fn oci_create_with_a_missing_program_fails_clearly_and_leaves_nothing() {
         "one clear line: {}",
         show(&o)
     );
-    assert_nothing_left(&root, "oci-bad");
-    let o = output(husk_oci(&t, &root).args(["state", "oci-bad"]));
+    husk_tests::assert_nothing_left(&root, "oci-bad");
+    let o = output(t.husk_oci(&root).args(["state", "oci-bad"]));
     assert_eq!(
         o.status.code(),
         Some(1),

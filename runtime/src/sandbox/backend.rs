@@ -49,6 +49,11 @@ pub trait Backend: Send + Sync {
     }
     /// The name recorded in state.
     fn name(&self) -> &'static str;
+    /// System calls the backend makes from the sandbox's control threads beyond the
+    /// control role's allowlist.
+    fn seccomp_extra(&self) -> husk_vmm::seccomp::Allowlist {
+        husk_vmm::seccomp::Allowlist::new()
+    }
 }
 
 /// Which backend runs the guest.
@@ -74,10 +79,15 @@ pub fn choose(env: Option<&str>, test_build: bool) -> Result<Kind> {
     }
 }
 
+/// The backend `HUSK_SANDBOX_BACKEND` picks for this build.
+pub fn kind() -> Result<Kind> {
+    let env = std::env::var("HUSK_SANDBOX_BACKEND").ok();
+    choose(env.as_deref(), cfg!(debug_assertions))
+}
+
 /// Starts the backend [`choose`] picks.
 pub fn start(spec: &GuestSpec<'_>) -> Result<Box<dyn Backend>> {
-    let env = std::env::var("HUSK_SANDBOX_BACKEND").ok();
-    match choose(env.as_deref(), cfg!(debug_assertions))? {
+    match kind()? {
         Kind::Vm => Ok(Box::new(super::vm_backend::VmBackend::start(spec)?)),
         Kind::Process => Ok(Box::new(super::process_backend::ProcessBackend::start(
             spec,

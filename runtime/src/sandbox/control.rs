@@ -44,6 +44,9 @@ pub enum ControlRequest {
         /// The exec client's pid.
         pid: i32,
     },
+    /// Make a system call the control role's seccomp filter forbids. Honoured only by a
+    /// sandbox started with `HUSK_TEST_SECCOMP_VIOLATION=1` (tests of the confinement).
+    TestSeccompViolation,
 }
 
 /// The sandbox's answer.
@@ -99,14 +102,49 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A handler of control requests.
 pub type Handler = Arc<dyn Fn(ControlRequest) -> ControlResponse + Send + Sync>;
 
+/// Requests being handled, so that the sandbox answers them before it exits.
+#[derive(Debug, Default)]
+pub struct Busy {
+    n: std::sync::Mutex<usize>,
+    cv: std::sync::Condvar,
+}
+
+impl Busy {
+    fn enter(&self) {
+        *self.n.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    }
+
+    fn leave(&self) {
+        *self.n.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.cv.notify_all();
+    }
+
+    /// Waits up to `timeout` until no request is being handled.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let g = self.n.lock().unwrap_or_else(|p| p.into_inner());
+        let (g, _) = self
+            .cv
+            .wait_timeout_while(g, timeout, |n| *n > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        *g == 0
+    }
+}
+
 /// Serves control requests with `handler` forever, a thread per connection and at most
-/// [`MAX_CONNECTIONS`] at once, each given [`REQUEST_TIMEOUT`] to send its request.
-pub fn serve(listener: UnixListener, handler: Handler) {
-    serve_with(listener, handler, MAX_CONNECTIONS, REQUEST_TIMEOUT)
+/// [`MAX_CONNECTIONS`] at once, each given [`REQUEST_TIMEOUT`] to send its request;
+/// `busy` counts the requests being handled.
+pub fn serve(listener: UnixListener, handler: Handler, busy: Arc<Busy>) {
+    serve_with(listener, handler, MAX_CONNECTIONS, REQUEST_TIMEOUT, busy)
 }
 
 /// [`serve`] with its limits as parameters (tests use small ones).
-pub fn serve_with(listener: UnixListener, handler: Handler, max: usize, timeout: Duration) {
+pub fn serve_with(
+    listener: UnixListener,
+    handler: Handler,
+    max: usize,
+    timeout: Duration,
+    busy: Arc<Busy>,
+) {
     let slots = Arc::new((std::sync::Mutex::new(0usize), std::sync::Condvar::new()));
     loop {
         {
@@ -136,19 +174,27 @@ pub fn serve_with(listener: UnixListener, handler: Handler, max: usize, timeout:
                 continue;
             }
         };
-        let handler = handler.clone();
+        let (handler, busy) = (handler.clone(), busy.clone());
         let spawned = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
                 let _ = conn.set_read_timeout(Some(timeout));
                 let _ = conn.set_write_timeout(Some(timeout));
                 let resp = match read_frame::<_, ControlRequest>(&mut conn) {
-                    Ok(req) => handler(req),
-                    Err(e) => ControlResponse::Error {
+                    Ok(req) => {
+                        busy.enter();
+                        let resp = handler(req);
+                        let _ = write_frame(&mut conn, &resp);
+                        busy.leave();
+                        None
+                    }
+                    Err(e) => Some(ControlResponse::Error {
                         message: format!("bad control request: {e}"),
-                    },
+                    }),
                 };
-                let _ = write_frame(&mut conn, &resp);
+                if let Some(resp) = resp {
+                    let _ = write_frame(&mut conn, &resp);
+                }
                 drop(conn);
                 release();
             });
@@ -178,7 +224,15 @@ mod tests {
         let handler: Handler = Arc::new(|_| ControlResponse::State {
             status: Status::Running,
         });
-        std::thread::spawn(move || serve_with(listener, handler, 4, Duration::from_millis(500)));
+        std::thread::spawn(move || {
+            serve_with(
+                listener,
+                handler,
+                4,
+                Duration::from_millis(500),
+                Arc::default(),
+            )
+        });
         let before = threads();
         let idle: Vec<UnixStream> = (0..50)
             .map(|_| UnixStream::connect(&path).unwrap())

@@ -147,6 +147,11 @@ struct Shared {
     ended: Mutex<Sender<Ended>>,
     /// The host terminal whose size the guest's terminal follows.
     size_fd: Option<OwnedFd>,
+    /// Control requests being handled.
+    control_busy: Arc<control::Busy>,
+    /// Started with `HUSK_TEST_SECCOMP_VIOLATION=1`: honour
+    /// [`ControlRequest::TestSeccompViolation`].
+    test_violation: bool,
 }
 
 struct Sandbox {
@@ -170,6 +175,11 @@ impl Sandbox {
     fn setup(globals: &Globals, args: &SandboxArgs) -> Result<Self> {
         let dir = ContainerDir::new(&globals.root, &args.id)?;
         let bundle = Bundle::load(&args.bundle)?;
+        let kind = backend::kind()?;
+        confine::record_violations_in(&globals.log)?;
+        // Still single-threaded: namespaces apply to every thread to come. The process
+        // backend's agent manages cgroups of the host's and keeps the host's cgroup view.
+        confine::enter_namespaces(kind == backend::Kind::Vm, bundle.hostname())?;
         let sockets = SocketDir::open(dir.path())?;
         let mode = match (&args.console_socket, args.own_terminal) {
             (Some(s), _) => IoMode::ConsoleSocket(s.clone()),
@@ -197,6 +207,9 @@ impl Sandbox {
             vcpus: bundle.vcpus(),
             debug: globals.log.debug,
         })?;
+        // The guest runs (its VM threads under their own filters): from here on this thread
+        // and every thread it starts is the control role.
+        confine::install_control_filter(&backend.seccomp_extra())?;
         let endpoint = AgentEndpoint::open(&backend.agent_address())?;
         let deadline = Instant::now() + seconds_from_env("HUSK_BOOT_TIMEOUT", 120);
         let hint = if globals.log.debug {
@@ -250,6 +263,9 @@ impl Sandbox {
             backend,
             ended: Mutex::new(ended_tx.clone()),
             size_fd: io.size_fd(),
+            control_busy: Arc::default(),
+            test_violation: std::env::var_os("HUSK_TEST_SECCOMP_VIOLATION")
+                .is_some_and(|v| v == "1"),
         });
         if io.terminal() {
             if let Some((rows, cols)) = io.window_size() {
@@ -272,9 +288,12 @@ impl Sandbox {
                 let _ = ended_tx.send(ended);
             })?;
         let handler_shared = shared.clone();
+        let busy = shared.control_busy.clone();
         std::thread::Builder::new()
             .name("control-server".into())
-            .spawn(move || control::serve(control, Arc::new(move |r| handler_shared.handle(r))))?;
+            .spawn(move || {
+                control::serve(control, Arc::new(move |r| handler_shared.handle(r)), busy)
+            })?;
         Ok(Self {
             shared,
             io,
@@ -326,6 +345,8 @@ impl Sandbox {
                 255
             }
         };
+        // A `kill` may be waiting for the end it caused: answer it before exiting.
+        self.shared.control_busy.wait_idle(Duration::from_secs(5));
         self.shared.backend.teardown();
         self.shared.agent.close();
         self.io.restore();
@@ -505,6 +526,14 @@ impl Shared {
                 self.backend.resume()?;
                 *status = Status::Running;
                 Ok(ControlResponse::Ok)
+            }
+            ControlRequest::TestSeccompViolation => {
+                if !self.test_violation {
+                    bail!("not a test sandbox");
+                }
+                drop(status);
+                husk_vmm::seccomp::trigger_violation();
+                bail!("the forbidden system call was allowed: the sandbox is not confined")
             }
             ControlRequest::WatchExec { exec_id, pid } => {
                 drop(status);

@@ -192,3 +192,80 @@ fn state_config_and_image_are_private_whatever_the_umask() {
     assert_eq!(wait_exit_status(pid, EXIT), 137);
     env.assert_nothing_left(&id);
 }
+
+/// The inode of `/proc/<pid>/ns/<ns>`.
+fn ns(pid: &str, ns: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}"))
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+#[test]
+fn the_sandbox_has_mount_ipc_and_uts_namespaces_of_its_own() {
+    become_subreaper();
+    let env = Env::new();
+    let bundle = Bundle::new(&["sleep", "1000"]);
+    let id = unique_id("sandbox-ns");
+    let c = env.create(&id, &bundle, None, &[]);
+    let pid = c.pid.to_string();
+    for n in ["mnt", "ipc", "uts"] {
+        assert_ne!(ns(&pid, n), ns("self", n), "{n} namespace is the host's");
+    }
+    // The UTS namespace carries the container's hostname.
+    let uts_host = std::process::Command::new("nsenter")
+        .args(["-t", &pid, "-u", "hostname"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&uts_host.stdout).trim(),
+        "husk-test"
+    );
+    env.ok(["delete", &id]);
+    assert_eq!(wait_exit_status(c.pid, EXIT), 137);
+    env.assert_nothing_left(&id);
+}
+
+#[test]
+fn a_forbidden_system_call_ends_the_sandbox_with_a_record() {
+    use std::io::{Read, Write};
+    become_subreaper();
+    let env = Env::new();
+    let bundle = Bundle::new(&["sleep", "1000"]);
+    let id = unique_id("seccomp-kill");
+    let mut create = env.husk();
+    create
+        .args(["create", "--bundle", &bundle.path_str(), &id])
+        .env("HUSK_TEST_SECCOMP_VIOLATION", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    assert!(create.status().unwrap().success());
+    let pid = env.state(&id)["pid"].as_i64().unwrap() as i32;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    assert_eq!(field("Seccomp:"), "2", "filter mode: {status}");
+    // The request the CLI never sends: straight onto the control socket.
+    let mut s = UnixStream::connect(env.root().join(&id).join("control.sock")).unwrap();
+    let body = br#"{"type":"test_seccomp_violation"}"#;
+    s.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert_eq!(wait_exit_status(pid, EXIT), 159, "128 + SIGSYS");
+    let record = env.last_error_line().expect("an error line in the log");
+    let msg = record["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("seccomp: the control thread made the forbidden system call"),
+        "{record}"
+    );
+    assert_eq!(env.status(&id), "stopped");
+    env.ok(["delete", &id]);
+    env.assert_nothing_left(&id);
+}

@@ -43,6 +43,12 @@ pub fn allowlist(pid: libc::pid_t, kick_signal: libc::c_int) -> Allowlist {
         libc::SYS_rt_sigtimedwait,
         libc::SYS_pidfd_open,
         libc::SYS_eventfd2,
+        // std::io::copy between descriptors (stdin into a stream) uses these.
+        libc::SYS_splice,
+        libc::SYS_sendfile,
+        libc::SYS_copy_file_range,
+        // A console-socket pty becomes the controlling terminal (TIOCSCTTY below).
+        libc::SYS_setsid,
         // Starting threads (clone itself is checked below).
         libc::SYS_clone3,
         libc::SYS_set_robust_list,
@@ -75,6 +81,7 @@ pub fn allowlist(pid: libc::pid_t, kick_signal: libc::c_int) -> Allowlist {
             libc::TCSETS,
             libc::TCSETSW,
             libc::TCSETSF,
+            libc::TIOCSCTTY,
         ],
     );
     l

@@ -22,7 +22,7 @@ pub mod vcpu;
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -277,6 +277,10 @@ impl RoleFilter {
     /// Sets no_new_privs first, as the kernel requires.
     pub fn install(&self) -> Result<(), SeccompError> {
         THREAD_ROLE.with(|r| r.set(self.role as u8));
+        if self.role == ThreadRole::Control {
+            // Only control threads start threads: theirs inherit the filter and the role.
+            INHERITED_ROLE.store(self.role as u8, Ordering::SeqCst);
+        }
         for p in &self.programs {
             seccompiler::apply_filter(p).map_err(|source| SeccompError::Install {
                 role: self.role.name(),
@@ -292,6 +296,8 @@ thread_local! {
     static THREAD_ROLE: Cell<u8> = const { Cell::new(0) };
 }
 
+/// The role of threads that did not install a filter themselves but inherited one.
+static INHERITED_ROLE: AtomicU8 = AtomicU8::new(0);
 static RECORD_FD: AtomicI32 = AtomicI32::new(libc::STDERR_FILENO);
 static RECORD_JSON: AtomicBool = AtomicBool::new(false);
 
@@ -367,7 +373,10 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
             .cast::<i32>()
             .read()
     };
-    let role = THREAD_ROLE.with(Cell::get);
+    let role = match THREAD_ROLE.with(Cell::get) {
+        0 => INHERITED_ROLE.load(Ordering::Relaxed),
+        own => own,
+    };
     let line = violation_line(role, i64::from(nr), RECORD_JSON.load(Ordering::Relaxed));
     // SAFETY: write(2) and _exit(2) are async-signal-safe and allowed by every role; the
     // buffer is a live local.
