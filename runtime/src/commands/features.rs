@@ -46,7 +46,15 @@ pub fn features() -> Result<OciFeatures> {
         "annotations": {
             "io.github.husk.version": env!("CARGO_PKG_VERSION"),
             "io.github.husk.isolation": "kvm-microvm",
-            "io.github.husk.bind-mounts": "regular files only (copied into the root image)"
+            "io.github.husk.bind-mounts": "regular files only (copied into the root image)",
+            "io.github.husk.sandbox.seccomp": "per thread role: vcpu, device, control; violation ends the sandbox (exit 159)",
+            "io.github.husk.sandbox.no-new-privs": "true",
+            "io.github.husk.sandbox.namespaces": "mount,ipc,uts,cgroup",
+            "io.github.husk.sandbox.rlimits": "nofile=4096,core=0",
+            "io.github.husk.sandbox.capabilities": "not dropped yet",
+            "io.github.husk.sandbox.jail": "none yet (host root filesystem)",
+            "io.github.husk.sandbox.user": "root",
+            "io.github.husk.sandbox.cgroup": "not joined yet"
         }
     });
     serde_json::from_value(doc).context("building the features document")
@@ -68,6 +76,8 @@ mod tests {
         assert_eq!(v["ociVersionMin"], "1.0.0");
         assert!(v["linux"]["namespaces"].as_array().unwrap().len() >= 6);
         assert_eq!(v["linux"]["seccomp"]["enabled"], true);
+        let sandbox_seccomp = &v["annotations"]["io.github.husk.sandbox.seccomp"];
+        assert!(sandbox_seccomp.as_str().unwrap().contains("vcpu"));
         assert!(v["mountOptions"]
             .as_array()
             .unwrap()
