@@ -135,6 +135,8 @@ pub fn run(args: VmRunArgs) -> Result<i32> {
         serial_log: args.serial_log.clone(),
         seccomp: true,
     };
+    // A VM thread's seccomp violation is reported on stderr and ends husk with 159.
+    husk_vmm::seccomp::install_violation_handler(libc::STDERR_FILENO, false)?;
     let vm = husk_vmm::start_vm(&config).context("starting the microVM")?;
     let hint = match &args.serial_log {
         Some(p) => format!("the guest's console is in {}", p.display()),
