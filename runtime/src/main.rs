@@ -1,28 +1,17 @@
 //! `husk`: an OCI runtime that runs every container in its own KVM microVM.
 //!
-//! The command line is runc's (parsed by `liboci-cli`, as youki does); each command is
-//! one file under `commands/`. `husk vm run` drives the VMM directly, without OCI.
+//! A thin binary over the runtime library (`husk_runtime`): the command line is runc's
+//! (parsed by `liboci-cli`, as youki does); each command is one file under `commands/`.
+//! `husk vm run` drives the VMM directly, without OCI.
 
-mod agent_client;
-mod agent_link;
-mod bundle;
 mod commands;
-mod container;
-mod globals;
-mod logging;
-mod process_io;
-mod procfs;
-mod rootfs;
-mod sandbox;
-mod signal;
-mod sockdir;
-mod stdio;
-mod timefmt;
 
+use anyhow::Result;
 use clap::{Parser, Subcommand};
+use husk_runtime::container::exec::ExecChildArgs;
+use husk_runtime::logging::{self, LogConfig, LogFormat};
+use husk_runtime::{procfs, sandbox, Globals};
 use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};
-
-use crate::globals::Globals;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -63,7 +52,7 @@ enum Command {
     },
     /// The process that stays behind for `exec --detach`.
     #[command(hide = true)]
-    ExecChild(commands::exec::ExecChildArgs),
+    ExecChild(ExecChildArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,7 +70,7 @@ fn main() {
             std::process::exit(if e.use_stderr() { 1 } else { 0 });
         }
     };
-    let globals = match Globals::from_opts(&cli.global) {
+    let globals = match globals_from_opts(&cli.global) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("husk: {e:#}");
@@ -142,11 +131,27 @@ fn dispatch(g: &Globals, command: Command) -> anyhow::Result<i32> {
         Command::Vm(vm) => match *vm {
             VmCommand::Run(a) => vm_run::run(a),
         },
-        Command::ExecChild(a) => exec::child_main(g, a),
+        Command::ExecChild(a) => husk_runtime::container::exec::child_main(a),
         Command::Sandbox(_) | Command::SandboxAgentInit { .. } => unreachable!("handled in main"),
     }
 }
 
 fn unsupported(what: &str) -> anyhow::Result<i32> {
     anyhow::bail!("husk does not support {what} yet")
+}
+
+/// runc's global options, checked.
+fn globals_from_opts(opts: &GlobalOpts) -> Result<Globals> {
+    Ok(Globals {
+        root: opts
+            .root
+            .clone()
+            .unwrap_or_else(|| husk_runtime::globals::DEFAULT_ROOT.into()),
+        log: LogConfig {
+            file: opts.log.clone(),
+            format: LogFormat::parse(opts.log_format.as_deref())?,
+            debug: opts.debug,
+        },
+        systemd_cgroup: opts.systemd_cgroup,
+    })
 }

@@ -12,13 +12,13 @@ use serde_json::json;
 
 use husk_protocol::CAPABILITIES;
 
-use crate::globals::Globals;
+use husk_runtime::Globals;
 
 /// The features document.
 pub fn features() -> Result<OciFeatures> {
     let doc = json!({
         "ociVersionMin": "1.0.0",
-        "ociVersionMax": crate::container::state::OCI_VERSION,
+        "ociVersionMax": husk_runtime::state::record::OCI_VERSION,
         "hooks": [],
         "mountOptions": [
             "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec",

@@ -5,8 +5,9 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use liboci_cli::List;
 
-use crate::container::{id, ContainerDir};
-use crate::globals::Globals;
+use husk_runtime::container;
+use husk_runtime::state::{id, ContainerDir};
+use husk_runtime::Globals;
 
 /// `husk list [--format table|json] [--quiet]`.
 pub fn run(g: &Globals, args: List) -> Result<i32> {
@@ -28,7 +29,7 @@ pub fn run(g: &Globals, args: List) -> Result<i32> {
         let dir = ContainerDir::new(&g.root, &name)?;
         // A container being created or deleted right now may have no state file.
         let Ok(rec) = dir.load() else { continue };
-        views.push(rec.runc_view(dir.status(&rec)));
+        views.push(rec.runc_view(container::status(&dir, &rec)));
     }
     let mut out = std::io::stdout().lock();
     if args.quiet {

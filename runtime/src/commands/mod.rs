@@ -1,4 +1,5 @@
-//! One file per command.
+//! One file per command: each turns runc's flags into a call of the runtime library
+//! ([`husk_runtime::container`]) and prints what runc prints.
 
 pub mod create;
 pub mod delete;
@@ -14,19 +15,3 @@ pub mod spec;
 pub mod start;
 pub mod state;
 pub mod vm_run;
-
-use std::path::Path;
-
-use anyhow::{Context, Result};
-
-/// Writes `pid` to `path` the way runc does: whole or not at all (a temporary file
-/// renamed into place), with no newline.
-pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("pid file {} has no file name", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-    std::fs::write(&tmp, pid.to_string())
-        .with_context(|| format!("writing the pid file {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing the pid file {}", path.display()))
-}

@@ -4,14 +4,11 @@
 //! processes live in the microVM and have no host pids. `--format json` prints them as
 //! a JSON array; the table has one column, PID (ps options are not supported).
 
-use std::time::Duration;
-
 use anyhow::{bail, Result};
+use husk_runtime::container::ps::pids;
+use husk_runtime::state::ContainerDir;
+use husk_runtime::Globals;
 use liboci_cli::Ps;
-
-use crate::container::{ContainerDir, Status};
-use crate::globals::Globals;
-use crate::sandbox::control::{ControlRequest, ControlResponse};
 
 /// `husk ps [--format json] ID`.
 pub fn run(g: &Globals, args: Ps) -> Result<i32> {
@@ -21,14 +18,7 @@ pub fn run(g: &Globals, args: Ps) -> Result<i32> {
     if !args.ps_options.is_empty() && args.format != "json" {
         bail!("ps options are not supported: husk lists guest pids only");
     }
-    let pids = match dir.status(&rec) {
-        Status::Stopped | Status::Creating => Vec::new(),
-        _ => match dir.control(ControlRequest::Ps, Duration::from_secs(30))? {
-            ControlResponse::Pids { pids } => pids,
-            ControlResponse::Error { message } => bail!("{message}"),
-            other => bail!("unexpected answer from the sandbox: {other:?}"),
-        },
-    };
+    let pids = pids(&dir, &rec)?;
     match args.format.as_str() {
         "json" => println!("{}", serde_json::to_string(&pids)?),
         "table" => {

@@ -6,13 +6,14 @@ use liboci_cli::Run;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::create::{create, CreateOptions, Created};
-use crate::globals::Globals;
+use husk_runtime::container::create::{create, CreateOptions, Created};
+use husk_runtime::container::start::start;
+use husk_runtime::Globals;
 
 /// `husk run [--detach] [--keep] ID`.
 pub fn run(g: &Globals, args: Run) -> Result<i32> {
     // Before any thread starts: signals for the container are taken by one thread.
-    let signals = crate::signal::block_forwarded();
+    let signals = husk_runtime::signal::block_forwarded();
     let Created {
         mut sandbox,
         dir,
@@ -28,9 +29,7 @@ pub fn run(g: &Globals, args: Run) -> Result<i32> {
             foreground: !args.detach,
         },
     )?;
-    let started = dir
-        .load()
-        .and_then(|mut rec| super::start::start(&dir, &mut rec));
+    let started = dir.load().and_then(|mut rec| start(&dir, &mut rec));
     if let Err(e) = started {
         let _ = sandbox.kill();
         let _ = sandbox.wait();
@@ -44,7 +43,7 @@ pub fn run(g: &Globals, args: Run) -> Result<i32> {
     // The sandbox shares our process group: a terminal's ^C, ^\ and window changes
     // reach it directly. Signals sent to this process alone are passed on.
     let pid = Pid::from_raw(sandbox.id() as i32);
-    crate::signal::spawn_handler(signals, move |sig| {
+    husk_runtime::signal::spawn_handler(signals, move |sig| {
         if !matches!(sig, Signal::SIGINT | Signal::SIGQUIT | Signal::SIGWINCH) {
             let _ = kill(pid, sig);
         }

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use liboci_cli::Spec;
 use oci_spec::runtime::Spec as OciSpec;
 
-use crate::globals::Globals;
+use husk_runtime::Globals;
 
 /// The default config (`rootless`: with user namespace mappings for the caller).
 pub fn default_spec(rootless: bool) -> Result<OciSpec> {
@@ -17,7 +17,7 @@ pub fn default_spec(rootless: bool) -> Result<OciSpec> {
     } else {
         OciSpec::default()
     };
-    spec.set_version(crate::container::state::OCI_VERSION.to_owned());
+    spec.set_version(husk_runtime::state::record::OCI_VERSION.to_owned());
     spec.set_hostname(Some("husk".into()));
     if let Some(p) = spec.process_mut() {
         p.set_terminal(Some(true));

@@ -13,8 +13,8 @@ use clap::Args;
 use husk_protocol::{ExecRequest, Request, Response, RootDisk, StdioSpec, StreamKind};
 use husk_vmm::{DiskConfig, RunningVm, VmConfig, VmExit, VsockConfig};
 
-use crate::agent_client::AgentClient;
-use crate::stdio::{relay_in, relay_out, StdioListener};
+use husk_runtime::agent::AgentClient;
+use husk_runtime::stdio::{relay_in, relay_out, StdioListener};
 
 /// Host vsock port the agent connects stdio streams to.
 const STDIO_PORT: u32 = 2000;

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use oci_spec::runtime::{ContainerState, State};
 use serde::{Deserialize, Serialize};
 
-use crate::agent_link::AgentAddress;
+use crate::agent::AgentAddress;
 use crate::timefmt::rfc3339_nanos;
 
 /// The OCI spec version husk implements, as reported in state.

@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use husk_vmm::{DiskConfig, RunningVm, VmConfig, VmExit, VsockConfig};
 
 use super::backend::{Backend, GuestSpec};
-use crate::agent_link::{vsock_address, AgentAddress};
-use crate::container::ContainerDir;
+use crate::agent::AgentAddress;
+use crate::state::ContainerDir;
 
 const GUEST_CID: u64 = 3;
 
@@ -101,7 +101,10 @@ fn describe(exit: &VmExit) -> String {
 
 impl Backend for VmBackend {
     fn agent_address(&self) -> AgentAddress {
-        vsock_address(&self.dir)
+        AgentAddress::Vsock {
+            dir: self.dir.clone(),
+            socket: ContainerDir::VSOCK_SOCKET.to_owned(),
+        }
     }
 
     fn root_device(&self) -> String {

@@ -123,7 +123,7 @@ impl AgentClient {
     }
 
     /// The connection and the guest kernel's release, to hand the connection to another
-    /// reader (see `agent_link::AgentMux`).
+    /// reader (see [`super::AgentMux`]).
     pub fn into_parts(self) -> (UnixStream, String) {
         (self.stream, self.kernel_release)
     }

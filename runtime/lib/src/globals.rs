@@ -1,13 +1,10 @@
-//! The global options every command takes (runc's: `--root`, `--log`, `--log-format`,
-//! `--debug`, `--systemd-cgroup`).
+//! The global options every operation runs under (runc's: `--root`, `--log`,
+//! `--log-format`, `--debug`, `--systemd-cgroup`), whichever binary parsed them.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use anyhow::Result;
-use liboci_cli::GlobalOpts;
-
-use crate::logging::{LogConfig, LogFormat};
+use crate::logging::LogConfig;
 
 /// Where container state lives unless `--root` says otherwise.
 pub const DEFAULT_ROOT: &str = "/run/husk";
@@ -25,19 +22,6 @@ pub struct Globals {
 }
 
 impl Globals {
-    /// Checks the options as parsed.
-    pub fn from_opts(opts: &GlobalOpts) -> Result<Self> {
-        Ok(Self {
-            root: opts.root.clone().unwrap_or_else(|| DEFAULT_ROOT.into()),
-            log: LogConfig {
-                file: opts.log.clone(),
-                format: LogFormat::parse(opts.log_format.as_deref())?,
-                debug: opts.debug,
-            },
-            systemd_cgroup: opts.systemd_cgroup,
-        })
-    }
-
     /// The same options as command-line arguments, for the helper processes husk starts
     /// (the sandbox, a detached exec).
     pub fn to_args(&self) -> Vec<OsString> {

@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use husk_protocol::{read_frame, write_frame};
 use serde::{Deserialize, Serialize};
 
-use crate::container::{ContainerDir, Status};
 use crate::sockdir::SocketDir;
+use crate::state::{ContainerDir, Status};
 
 /// What a command asks the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,13 +7,12 @@
 //! a pipe. Its pid is the one in `--pid-file` and in `state`, and its exit status is the
 //! container's (128+N when a signal N killed it), so the runc shim, conmon and dockerd
 //! reap it as they would reap runc's container process. It inherits `create`'s stdio and
-//! relays it to the guest (or a pty, see [`crate::process_io`]); signals it receives
+//! relays it to the guest (or a pty, see [`crate::stdio`]); signals it receives
 //! (SIGTERM, SIGINT, SIGHUP, ...) are passed on to the container's process. When that
 //! process exits, the sandbox flushes stdio, powers the guest off and exits.
 
 pub mod backend;
 pub mod confine;
-pub mod control;
 mod loopdev;
 pub mod process_backend;
 pub mod vm_backend;
@@ -33,15 +32,15 @@ use husk_protocol::{ContainerRequest, ExitStatus, Request, Response, RootDisk};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use crate::agent_link::{expect_ok, start_process, AgentAddress, AgentEndpoint, AgentMux};
+use crate::agent::{expect_ok, start_process, AgentAddress, AgentEndpoint, AgentMux};
 use crate::bundle::Bundle;
-use crate::container::{ContainerDir, Status};
+use crate::control::{self, ControlRequest, ControlResponse};
 use crate::globals::Globals;
-use crate::process_io::{window_size, IoMode, ProcessIo, Relays};
+use crate::state::{ContainerDir, Status};
+
 use crate::sockdir::SocketDir;
-use crate::stdio::StdioListener;
+use crate::stdio::{window_size, IoMode, ProcessIo, Relays, StdioListener};
 use backend::{Backend, GuestSpec};
-use control::{ControlRequest, ControlResponse};
 
 /// Host vsock port the agent connects the container's stdio streams to.
 const CONTAINER_STDIO_PORT: u32 = 2000;

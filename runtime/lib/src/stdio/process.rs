@@ -29,8 +29,8 @@ use husk_protocol::{StdioSpec, StreamKind};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
 use nix::sys::termios::{self, SetArg, Termios};
 
+use super::listener::{relay_in, relay_out};
 use crate::sockdir::SocketDir;
-use crate::stdio::{relay_in, relay_out};
 
 /// How the process's stdio reaches the host.
 #[derive(Debug, Clone, PartialEq, Eq)]

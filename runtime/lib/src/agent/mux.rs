@@ -1,110 +1,19 @@
-//! How the host reaches a container's guest agent, and a control connection shared by
-//! several threads.
-//!
-//! In a VM the agent is behind the VMM's hybrid vsock socket (`CONNECT <port>`); with the
-//! process backend used by tests it is a host process listening on a plain unix socket.
-//! Either way, stdio streams arrive at `<prefix>_<port>` sockets that the host binds, so
-//! everything above [`AgentEndpoint`] is the same for both.
+//! A control connection to the agent shared by several threads: each request waits for
+//! its own response, so a pending `Wait` does not hold up a `Signal`.
 
 use std::collections::HashMap;
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use husk_protocol::{read_frame, write_frame, Envelope, Request, Response};
-use serde::{Deserialize, Serialize};
 
-use crate::agent_client::AgentClient;
-use crate::sockdir::SocketDir;
-
-/// Where a container's agent listens; recorded in the container's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum AgentAddress {
-    /// The VM's hybrid vsock socket `dir/socket`.
-    Vsock {
-        /// The container's state directory.
-        dir: PathBuf,
-        /// The socket's name in it.
-        socket: String,
-    },
-    /// A test-mode agent on the host: control socket `dir/control`, stdio streams to
-    /// `dir/<stdio_prefix>_<port>`.
-    Unix {
-        /// The container's state directory.
-        dir: PathBuf,
-        /// The agent's control socket's name.
-        control: String,
-        /// Prefix of the stdio socket names.
-        stdio_prefix: String,
-    },
-}
-
-/// An [`AgentAddress`] made usable in this process.
-#[derive(Debug)]
-pub struct AgentEndpoint {
-    addr: AgentAddress,
-    dir: SocketDir,
-}
-
-impl AgentEndpoint {
-    /// Opens the address's directory.
-    pub fn open(addr: &AgentAddress) -> Result<Self> {
-        let dir = match addr {
-            AgentAddress::Vsock { dir, .. } | AgentAddress::Unix { dir, .. } => dir,
-        };
-        Ok(Self {
-            addr: addr.clone(),
-            dir: SocketDir::open(dir)?,
-        })
-    }
-
-    /// What `StdioListener::bind` takes: stdio for host port P arrives at `<this>_P`.
-    pub fn stdio_prefix(&self) -> PathBuf {
-        match &self.addr {
-            AgentAddress::Vsock { socket, .. } => self.dir.socket(socket),
-            AgentAddress::Unix { stdio_prefix, .. } => self.dir.socket(stdio_prefix),
-        }
-    }
-
-    /// Connects and performs the handshake, retrying until `deadline` while the agent
-    /// starts; `alive` is asked between attempts so a dead guest is reported at once.
-    pub fn connect(
-        &self,
-        deadline: Instant,
-        mut alive: impl FnMut() -> Result<()>,
-    ) -> Result<AgentClient> {
-        match &self.addr {
-            AgentAddress::Vsock { socket, .. } => {
-                AgentClient::connect(&self.dir.socket(socket), deadline, alive)
-            }
-            AgentAddress::Unix { control, .. } => {
-                let path = self.dir.socket(control);
-                loop {
-                    alive()?;
-                    match UnixStream::connect(&path) {
-                        Ok(s) => return AgentClient::handshake(s),
-                        Err(e) if Instant::now() >= deadline => {
-                            bail!("the agent did not answer in time (last error: {e})")
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                    }
-                }
-            }
-        }
-    }
-
-    /// One connection attempt, for a container whose agent is known to be up.
-    pub fn connect_now(&self) -> Result<AgentClient> {
-        self.connect(Instant::now() + Duration::from_secs(10), || Ok(()))
-            .context("connecting to the container's guest agent")
-    }
-}
+use super::AgentClient;
+use crate::stdio::StdioListener;
 
 /// A control connection that several threads use at once: each request waits for its
 /// own response, so a pending `Wait` does not hold up a `Signal`.
@@ -272,20 +181,12 @@ pub fn expect_ok(resp: Response, what: &str) -> Result<()> {
     }
 }
 
-/// The directory-relative address for sockets a sandbox creates in `dir`.
-pub fn vsock_address(dir: &Path) -> AgentAddress {
-    AgentAddress::Vsock {
-        dir: dir.to_owned(),
-        socket: crate::container::ContainerDir::VSOCK_SOCKET.to_owned(),
-    }
-}
-
 /// Sends `req` (an exec or container create whose stdio goes to `listener`), collects
 /// its stdio streams, and waits for the agent's answer; returns the guest pid and the
 /// streams. An error answer is returned as an error, whatever arrived before it.
 pub fn start_process(
     agent: &AgentMux,
-    listener: &crate::stdio::StdioListener,
+    listener: &StdioListener,
     exec_id: &str,
     wanted: &[husk_protocol::StreamKind],
     req: Request,
@@ -315,6 +216,7 @@ pub fn start_process(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn a_guest_that_stops_reading_cannot_block_requests_forever() {

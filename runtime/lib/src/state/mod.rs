@@ -1,5 +1,5 @@
-//! A container on the host: its state directory `<root>/<id>/`, its lock, its state file,
-//! and its live status.
+//! A container's state on the host: its directory `<root>/<id>/`, its lock and its state
+//! file. A leaf: what the sandbox says about the container live is in [`crate::container`].
 //!
 //! The directory holds `state.json`, `lock`, the root filesystem image, and the sockets:
 //! `control.sock` (the sandbox's control socket) and `vsock.sock` (the VM's hybrid vsock;
@@ -7,17 +7,15 @@
 
 pub mod id;
 pub mod lock;
-pub mod state;
+pub mod record;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use crate::procfs;
-use crate::sandbox::control::{self, ControlRequest, ControlResponse};
 pub use lock::ContainerLock;
-pub use state::{ContainerRecord, Status};
+pub use record::{ContainerRecord, Status};
 
 /// A container's state directory.
 #[derive(Debug, Clone)]
@@ -102,31 +100,5 @@ impl ContainerDir {
     pub fn sandbox_alive(&self, rec: &ContainerRecord) -> bool {
         rec.sandbox_pid()
             .is_some_and(|pid| procfs::is_alive(pid, rec.husk.sandbox_start_time))
-    }
-
-    /// The live status: the sandbox's own answer while it runs, `stopped` once it is gone.
-    pub fn status(&self, rec: &ContainerRecord) -> Status {
-        let recorded = rec.recorded_status();
-        if recorded == Status::Creating {
-            // `create` holds the lock until it has recorded `created`; a dead creator left
-            // a container that will never get there.
-            return match rec.sandbox_pid() {
-                Some(_) if !self.sandbox_alive(rec) => Status::Stopped,
-                _ => Status::Creating,
-            };
-        }
-        if !self.sandbox_alive(rec) {
-            return Status::Stopped;
-        }
-        match self.control(ControlRequest::State, Duration::from_secs(10)) {
-            Ok(ControlResponse::State { status }) => status,
-            // The sandbox is still there but no longer answers: it is on its way out.
-            _ => recorded,
-        }
-    }
-
-    /// Sends one request to the sandbox's control socket.
-    pub fn control(&self, req: ControlRequest, timeout: Duration) -> Result<ControlResponse> {
-        control::request(&self.path, req, timeout)
     }
 }

@@ -24,7 +24,7 @@ use nix::unistd::Pid;
 
 use super::backend::{Backend, GuestSpec};
 use super::loopdev::LoopDevice;
-use crate::agent_link::AgentAddress;
+use crate::agent::AgentAddress;
 use crate::procfs;
 
 const CONTROL: &str = "agent.sock";

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use crate::agent_link::AgentAddress;
+use crate::agent::AgentAddress;
 use crate::sockdir::SocketDir;
 
 /// What a backend needs to start a guest.

@@ -1,0 +1,29 @@
+//! Where a container's agent listens, as recorded in the container's state: a leaf that
+//! the state file, the sandbox and the exec client all name.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a container's agent listens; recorded in the container's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum AgentAddress {
+    /// The VM's hybrid vsock socket `dir/socket`.
+    Vsock {
+        /// The container's state directory.
+        dir: PathBuf,
+        /// The socket's name in it.
+        socket: String,
+    },
+    /// A test-mode agent on the host: control socket `dir/control`, stdio streams to
+    /// `dir/<stdio_prefix>_<port>`.
+    Unix {
+        /// The container's state directory.
+        dir: PathBuf,
+        /// The agent's control socket's name.
+        control: String,
+        /// Prefix of the stdio socket names.
+        stdio_prefix: String,
+    },
+}
