@@ -133,9 +133,10 @@ fn a_forbidden_system_call_ends_the_sandbox_with_a_record() {
         "violation",
         &[("HUSK_TEST_SECCOMP_VIOLATION", "1")],
     );
-    let mut s =
-        std::os::unix::net::UnixStream::connect(root.join("violation").join("control.sock"))
-            .unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(
+        root.join("violation").join("sandbox").join("control.sock"),
+    )
+    .unwrap();
     let body = br#"{"type":"test_seccomp_violation"}"#;
     s.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
     s.write_all(body).unwrap();

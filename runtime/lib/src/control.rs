@@ -83,7 +83,7 @@ impl ControlResponse {
     }
 }
 
-/// Sends `req` to the sandbox whose state directory is `dir`.
+/// Sends `req` to the sandbox whose jail (see [`ContainerDir::jail`]) is `dir`.
 pub fn request(dir: &Path, req: ControlRequest, timeout: Duration) -> Result<ControlResponse> {
     let sockets = SocketDir::open(dir)?;
     let mut s = UnixStream::connect(sockets.socket(ContainerDir::CONTROL_SOCKET))

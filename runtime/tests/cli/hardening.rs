@@ -86,7 +86,7 @@ fn the_container_stdio_port_is_closed_once_the_container_exists() {
     let bundle = Bundle::new(&["sleep", "1000"]);
     let id = unique_id("stdio-closed");
     let c = env.create(&id, &bundle, None, &[]);
-    let port = env.root().join(&id).join("vsock.sock_2000");
+    let port = env.root().join(&id).join("sandbox").join("vsock.sock_2000");
     assert!(
         !port.exists() && UnixStream::connect(&port).is_err(),
         "{} still accepts guest connections",
@@ -136,7 +136,7 @@ fn idle_control_connections_do_not_pile_up_threads_in_the_sandbox() {
             .count()
     };
     let before = threads();
-    let sock = env.root().join(&id).join("control.sock");
+    let sock = env.root().join(&id).join("sandbox").join("control.sock");
     let idle: Vec<UnixStream> = (0..200)
         .filter_map(|_| UnixStream::connect(&sock).ok())
         .collect();
@@ -179,7 +179,7 @@ fn state_config_and_image_are_private_whatever_the_umask() {
         .unwrap();
     assert!(status.success());
     let dir = env.root().join(&id);
-    for name in ["state.json", "config.json", "rootfs.img"] {
+    for name in ["state.json", "config.json", "sandbox/rootfs.img", "sandbox"] {
         let mode = std::fs::metadata(dir.join(name))
             .unwrap()
             .permissions()
@@ -252,7 +252,8 @@ fn a_forbidden_system_call_ends_the_sandbox_with_a_record() {
     assert_eq!(field("NoNewPrivs:"), "1", "{status}");
     assert_eq!(field("Seccomp:"), "2", "filter mode: {status}");
     // The request the CLI never sends: straight onto the control socket.
-    let mut s = UnixStream::connect(env.root().join(&id).join("control.sock")).unwrap();
+    let mut s =
+        UnixStream::connect(env.root().join(&id).join("sandbox").join("control.sock")).unwrap();
     let body = br#"{"type":"test_seccomp_violation"}"#;
     s.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
     s.write_all(body).unwrap();

@@ -41,7 +41,7 @@ pub fn delete(dir: &ContainerDir, rec: &ContainerRecord, force: bool) -> Result<
             }
         }
     }
-    crate::sandbox::process_backend::remove_leftovers(dir.path());
+    crate::sandbox::process_backend::remove_leftovers(&dir.jail());
     dir.remove()?;
     tracing::info!(id, "deleted");
     Ok(())

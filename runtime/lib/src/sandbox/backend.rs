@@ -6,15 +6,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
+use super::jail::{Confined, Jail};
 use crate::agent::AgentAddress;
-use crate::sockdir::SocketDir;
 
 /// What a backend needs to start a guest.
 pub struct GuestSpec<'a> {
-    /// The container's state directory.
+    /// The sandbox's jail directory (host path; also the working directory), where the
+    /// backend keeps its files and sockets.
     pub dir: PathBuf,
-    /// Sockets in that directory, by short paths.
-    pub sockets: &'a SocketDir,
+    /// The jail to confine the sandbox in once the VM is built (VM backend only).
+    pub jail: &'a Jail,
     /// The root filesystem image.
     pub image: PathBuf,
     /// Attach it read-only.
@@ -49,6 +50,11 @@ pub trait Backend: Send + Sync {
     }
     /// The name recorded in state.
     fn name(&self) -> &'static str;
+    /// How the sandbox was confined when the guest started (`None`: not at all, as the
+    /// test-only process backend leaves it).
+    fn confined(&self) -> Option<&Confined> {
+        None
+    }
     /// System calls the backend makes from the sandbox's control threads beyond the
     /// control role's allowlist.
     fn seccomp_extra(&self) -> husk_vmm::seccomp::Allowlist {

@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod confine;
+pub mod jail;
 mod loopdev;
 pub mod process_backend;
 pub mod vm_backend;
@@ -21,7 +22,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -38,7 +39,6 @@ use crate::control::{self, ControlRequest, ControlResponse};
 use crate::globals::Globals;
 use crate::state::{ContainerDir, Status};
 
-use crate::sockdir::SocketDir;
 use crate::stdio::{window_size, IoMode, ProcessIo, Relays, StdioListener};
 use backend::{Backend, GuestSpec};
 
@@ -158,7 +158,6 @@ struct Sandbox {
     io: ProcessIo,
     relays: Relays,
     ended: Receiver<Ended>,
-    _sockets: SocketDir,
 }
 
 fn seconds_from_env(name: &str, default: u64) -> Duration {
@@ -179,7 +178,9 @@ impl Sandbox {
         // Still single-threaded: namespaces apply to every thread to come. The process
         // backend's agent manages cgroups of the host's and keeps the host's cgroup view.
         confine::enter_namespaces(kind == backend::Kind::Vm, bundle.hostname())?;
-        let sockets = SocketDir::open(dir.path())?;
+        // From here on the working directory is the jail, and what the sandbox makes there
+        // is named relative to it (the names stay valid once it is the root).
+        let jail = jail::Jail::prepare(&dir.jail())?;
         let mode = match (&args.console_socket, args.own_terminal) {
             (Some(s), _) => IoMode::ConsoleSocket(s.clone()),
             (None, true) => IoMode::OwnTerminal,
@@ -188,7 +189,7 @@ impl Sandbox {
         let mut io = ProcessIo::prepare(mode)?;
         io.release_caller_stdio()?;
 
-        let image = dir.rootfs_image();
+        let image = jail.dir().join(ContainerDir::ROOTFS_IMAGE);
         let readonly = bundle.readonly_root();
         let started = Instant::now();
         crate::rootfs::build_image(&bundle.rootfs, &image, readonly, &bundle.file_binds)?;
@@ -198,8 +199,8 @@ impl Sandbox {
         );
 
         let backend = backend::start(&GuestSpec {
-            dir: dir.path().to_owned(),
-            sockets: &sockets,
+            dir: jail.dir().to_owned(),
+            jail: &jail,
             image,
             readonly,
             memory_mib: bundle.memory_mib(),
@@ -209,12 +210,12 @@ impl Sandbox {
         // The guest runs (its VM threads under their own filters): from here on this thread
         // and every thread it starts is the control role.
         confine::install_control_filter(&backend.seccomp_extra())?;
-        let endpoint = AgentEndpoint::open(&backend.agent_address())?;
+        let endpoint = AgentEndpoint::open(&backend.agent_address().in_dir(Path::new(".")))?;
         let deadline = Instant::now() + seconds_from_env("HUSK_BOOT_TIMEOUT", 120);
         let hint = if globals.log.debug {
             format!(
                 "; the guest's console is in {}",
-                dir.path().join("console.log").display()
+                jail.dir().join(ContainerDir::CONSOLE_LOG).display()
             )
         } else {
             "; run with --debug to keep the guest's console log".into()
@@ -227,7 +228,7 @@ impl Sandbox {
         let agent = AgentMux::new(client)?;
 
         let stdio = StdioListener::bind(&endpoint.stdio_prefix(), CONTAINER_STDIO_PORT)?;
-        let control = UnixListener::bind(sockets.socket(ContainerDir::CONTROL_SOCKET))
+        let control = UnixListener::bind(ContainerDir::CONTROL_SOCKET)
             .context("listening on the control socket")?;
 
         let request = Request::CreateContainer(ContainerRequest {
@@ -298,7 +299,6 @@ impl Sandbox {
             io,
             relays,
             ended,
-            _sockets: sockets,
         })
     }
 

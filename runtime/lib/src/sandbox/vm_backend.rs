@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use husk_vmm::{DiskConfig, RunningVm, VmConfig, VmExit, VsockConfig};
 
 use super::backend::{Backend, GuestSpec};
+use super::jail::Confined;
 use crate::agent::AgentAddress;
 use crate::state::ContainerDir;
 
@@ -57,10 +58,13 @@ fn find_guest_file(env: &str, name: &str) -> Result<PathBuf> {
 pub struct VmBackend {
     vm: RunningVm,
     dir: PathBuf,
+    confined: Confined,
 }
 
 impl VmBackend {
-    /// Boots the guest.
+    /// Builds the VM, confines the sandbox in its jail (see [`super::jail`]), and only
+    /// then lets the guest run. The sandbox's working directory is the jail: the VM's
+    /// files and sockets are named relative to it.
     pub fn start(spec: &GuestSpec<'_>) -> Result<Self> {
         let (kernel, initrd) = guest_files()?;
         let config = VmConfig {
@@ -75,15 +79,24 @@ impl VmBackend {
             }],
             vsock: Some(VsockConfig {
                 guest_cid: GUEST_CID,
-                uds_path: spec.sockets.socket(ContainerDir::VSOCK_SOCKET),
+                uds_path: PathBuf::from(ContainerDir::VSOCK_SOCKET),
             }),
-            serial_log: spec.debug.then(|| spec.dir.join("console.log")),
+            serial_log: spec.debug.then(|| PathBuf::from(ContainerDir::CONSOLE_LOG)),
             seccomp: true,
         };
-        let vm = husk_vmm::start_vm(&config).context("starting the microVM")?;
+        let built = husk_vmm::build_vm(&config).context("building the microVM")?;
+        let confined = spec
+            .jail
+            .enter(&built.confinement_needs().capabilities)
+            .context("confining the sandbox")?;
+        tracing::debug!(?confined, "sandbox confined");
+        let vm = built
+            .start(config.seccomp)
+            .context("starting the microVM")?;
         Ok(Self {
             vm,
             dir: spec.dir.clone(),
+            confined,
         })
     }
 }
@@ -130,5 +143,9 @@ impl Backend for VmBackend {
 
     fn name(&self) -> &'static str {
         "vm"
+    }
+
+    fn confined(&self) -> Option<&Confined> {
+        Some(&self.confined)
     }
 }
