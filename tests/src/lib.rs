@@ -123,6 +123,9 @@ pub fn assert_nothing_left(root: &Path, id: &str) {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "state left behind: {left:?}");
+    // The default host cgroup (`/<id>`, cgroup v2 in the test host).
+    let cgroup = Path::new("/sys/fs/cgroup").join(id);
+    assert!(!cgroup.exists(), "{} left behind", cgroup.display());
     assert!(
         !process_with_arg_exists(id),
         "a process of {id} was left behind"

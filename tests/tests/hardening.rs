@@ -86,11 +86,75 @@ fn ns(pid: &str, name: &str) -> String {
 fn the_running_sandbox_is_confined() {
     let (t, tmp) = tier();
     let bundle = t.oci_bundle(tmp.path(), &["sleep", "1000"]);
+    let mut spec = read_config(&bundle);
+    spec["linux"]["cgroupsPath"] = "/husk-tests/confined".into();
+    spec["linux"]["resources"]["memory"] = serde_json::json!({"limit": 64 << 20});
+    write_config(&bundle, &spec);
     let root = tmp.path().join("state");
     let pid = create(&t, &root, &bundle, "confined", &[]);
+    // In the container's cgroup, whose memory limit bounds the whole VM: 64 MiB asked,
+    // plus the guest's 128 MiB headroom, plus the VMM's 128 MiB.
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert_eq!(cgroups.trim(), "0::/husk-tests/confined");
+    let cg = Path::new("/sys/fs/cgroup/husk-tests/confined");
+    let max = std::fs::read_to_string(cg.join("memory.max")).unwrap();
+    assert_eq!(max.trim(), ((64u64 + 128 + 128) << 20).to_string());
+    let current: u64 = std::fs::read_to_string(cg.join("memory.current"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!(
+        "the VM's cgroup: memory.current {current} bytes, memory.max {}",
+        max.trim()
+    );
+    assert!(
+        current > 16 << 20,
+        "guest memory is charged there: {current}"
+    );
     // Every thread runs under a filter: the main (control) thread, vCPUs, devices.
     assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
     assert_eq!(status_field(pid, "Seccomp:"), "2");
+    // No capability left in any set, and a uid of its own.
+    for set in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(status_field(pid, set), "0000000000000000", "{set}");
+    }
+    let uids = status_field(pid, "Uid:");
+    let uid: u32 = uids.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(uid >= 0x7000_0000, "the sandbox runs as uid {uids}");
+    assert!(
+        uids.split_whitespace().all(|u| u == uid.to_string()),
+        "{uids}"
+    );
+    assert_eq!(
+        status_field(pid, "Gid:").split_whitespace().next().unwrap(),
+        uid.to_string()
+    );
+    assert_eq!(status_field(pid, "Groups:"), "");
+    // Its root is the jail, the only mount it sees.
+    let jail = root.join("confined").join("sandbox");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/root")).unwrap(),
+        jail,
+        "the sandbox's root"
+    );
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert_eq!(mounts.lines().count(), 1, "{mounts}");
+    let fields: Vec<&str> = mounts.split_whitespace().collect();
+    assert_eq!(fields[4], "/", "{mounts}");
+    for opt in ["nosuid", "nodev", "noexec"] {
+        assert!(fields[5].split(',').any(|o| o == opt), "{mounts}");
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&jail)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["control.sock", "rootfs.img", "vsock.sock"],
+        "what the jail holds"
+    );
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
     for task in tasks.flatten() {
         let status = std::fs::read_to_string(task.path().join("status")).unwrap();
@@ -117,6 +181,37 @@ fn the_running_sandbox_is_confined() {
     );
     ok(t.husk_oci(&root).args(["delete", "--force", "confined"]));
     assert_nothing_left(&root, "confined");
+    assert!(!cg.exists(), "the container's cgroup is left behind");
+    let _ = std::fs::remove_dir("/sys/fs/cgroup/husk-tests");
+}
+
+#[test]
+#[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
+fn a_systemd_cgroups_path_places_the_sandbox_where_systemd_would() {
+    // No systemd in the test host: husk makes the scope's path itself.
+    let (t, tmp) = tier();
+    let bundle = t.oci_bundle(tmp.path(), &["sleep", "1000"]);
+    let mut spec = read_config(&bundle);
+    spec["linux"]["cgroupsPath"] = "husk-tests.slice:husk:sd".into();
+    write_config(&bundle, &spec);
+    let root = tmp.path().join("state");
+    let status = t
+        .husk_oci(&root)
+        .args(["--systemd-cgroup", "create", "--bundle"])
+        .arg(&bundle)
+        .arg("sd")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid = state(&t, &root, "sd")["pid"].as_i64().unwrap();
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert_eq!(cgroups.trim(), "0::/husk-tests.slice/husk-sd.scope");
+    ok(t.husk_oci(&root)
+        .args(["--systemd-cgroup", "delete", "--force", "sd"]));
+    assert_nothing_left(&root, "sd");
+    assert!(!Path::new("/sys/fs/cgroup/husk-tests.slice/husk-sd.scope").exists());
+    let _ = std::fs::remove_dir("/sys/fs/cgroup/husk-tests.slice");
 }
 
 #[test]

@@ -41,6 +41,9 @@ pub fn delete(dir: &ContainerDir, rec: &ContainerRecord, force: bool) -> Result<
             }
         }
     }
+    if let Some(cgroup) = &rec.husk.cgroup {
+        cgroup.remove(id)?;
+    }
     crate::sandbox::process_backend::remove_leftovers(&dir.jail());
     dir.remove()?;
     tracing::info!(id, "deleted");

@@ -12,6 +12,7 @@
 //! process exits, the sandbox flushes stdio, powers the guest off and exits.
 
 pub mod backend;
+pub mod cgroup;
 pub mod confine;
 pub mod jail;
 mod loopdev;
@@ -175,6 +176,12 @@ impl Sandbox {
         let bundle = Bundle::load(&args.bundle)?;
         let kind = backend::kind()?;
         confine::record_violations_in(&globals.log)?;
+        if kind == backend::Kind::Vm {
+            // Before guest memory exists, so that all of it is charged there; before the
+            // cgroup namespace, whose root this cgroup becomes.
+            cgroup::CgroupPlace::for_container(&bundle, &args.id, globals.systemd_cgroup)
+                .join(&args.id, &bundle)?;
+        }
         // Still single-threaded: namespaces apply to every thread to come. The process
         // backend's agent manages cgroups of the host's and keeps the host's cgroup view.
         confine::enter_namespaces(kind == backend::Kind::Vm, bundle.hostname())?;

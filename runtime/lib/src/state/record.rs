@@ -71,6 +71,9 @@ pub struct HuskState {
     /// Which sandbox backend runs the container ("vm" or "process").
     #[serde(default)]
     pub backend: String,
+    /// The host cgroup the sandbox joins (`delete` removes it).
+    #[serde(default)]
+    pub cgroup: Option<crate::sandbox::cgroup::CgroupPlace>,
 }
 
 /// The whole state file.
@@ -106,6 +109,7 @@ impl ContainerRecord {
                 sandbox_start_time: None,
                 agent: None,
                 backend: String::new(),
+                cgroup: None,
             },
         }
     }
