@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub mod soak;
+
 /// Paths the VM tier runs with.
 pub struct VmTier {
     /// The `husk` binary.

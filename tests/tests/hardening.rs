@@ -392,3 +392,37 @@ fn a_hostile_guest_cannot_exhaust_the_host() {
         "state took {slowest_state:?}"
     );
 }
+
+#[test]
+#[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
+fn lifecycle_soak_in_microvms_leaks_nothing() {
+    // A short smoke by default; `scripts/soak.sh --vm` runs 100 cycles.
+    let cycles = std::env::var("HUSK_SOAK_VM_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let (t, tmp) = tier();
+    let bundle = t.oci_bundle(tmp.path(), &["sleep", "1000"]);
+    let root = tmp.path().join("state");
+    std::fs::create_dir(&root).unwrap();
+    let cfg = husk_tests::soak::SoakConfig {
+        husk: t.husk.clone(),
+        env: Vec::new(),
+        bundle,
+        root: root.clone(),
+        cycles,
+        max_delay: Duration::from_secs(10),
+        seed: husk_tests::soak::SoakConfig::seed_from_env(),
+        id_prefix: "vmsoak".into(),
+    };
+    let report = husk_tests::soak::run(&cfg);
+    eprintln!(
+        "soak (microVMs): {cycles} cycles in {:?}, seed {}, faults none/kill-create/kill-sandbox-created/kill-sandbox-running/kill-start = {:?}; left: {}",
+        report.elapsed,
+        cfg.seed,
+        report.per_fault,
+        report.left.counts()
+    );
+    assert!(report.failures.is_empty(), "{:#?}", report.failures);
+    assert_eq!(report.left.total(), 0, "leaked: {:#?}", report.left);
+}
