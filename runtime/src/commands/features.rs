@@ -30,7 +30,7 @@ pub fn features() -> Result<OciFeatures> {
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
             "capabilities": CAPABILITIES.as_slice(),
-            "cgroup": {"v1": false, "v2": true, "systemd": false, "systemdUser": false},
+            "cgroup": {"v1": true, "v2": true, "systemd": true, "systemdUser": false},
             "seccomp": {
                 "enabled": true,
                 "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL",
@@ -51,10 +51,10 @@ pub fn features() -> Result<OciFeatures> {
             "io.github.husk.sandbox.no-new-privs": "true",
             "io.github.husk.sandbox.namespaces": "mount,ipc,uts,cgroup",
             "io.github.husk.sandbox.rlimits": "nofile=4096,core=0",
-            "io.github.husk.sandbox.capabilities": "not dropped yet",
-            "io.github.husk.sandbox.jail": "none yet (host root filesystem)",
-            "io.github.husk.sandbox.user": "root",
-            "io.github.husk.sandbox.cgroup": "not joined yet"
+            "io.github.husk.sandbox.capabilities": "all dropped (bounding, ambient, inheritable, permitted, effective)",
+            "io.github.husk.sandbox.jail": "pivot_root into <state>/sandbox (image, console log, sockets), nosuid,nodev,noexec",
+            "io.github.husk.sandbox.user": "uid and gid 0x70000000 + sandbox pid where husk runs as root in the initial user namespace, else its own uid",
+            "io.github.husk.sandbox.cgroup": "linux.cgroupsPath (cgroupfs or systemd, v1 and v2): the whole VM, memory limit = guest memory + 128 MiB"
         }
     });
     serde_json::from_value(doc).context("building the features document")
@@ -78,6 +78,19 @@ mod tests {
         assert_eq!(v["linux"]["seccomp"]["enabled"], true);
         let sandbox_seccomp = &v["annotations"]["io.github.husk.sandbox.seccomp"];
         assert!(sandbox_seccomp.as_str().unwrap().contains("vcpu"));
+        let a = &v["annotations"];
+        assert!(a["io.github.husk.sandbox.capabilities"]
+            .as_str()
+            .unwrap()
+            .starts_with("all dropped"));
+        assert!(a["io.github.husk.sandbox.jail"]
+            .as_str()
+            .unwrap()
+            .contains("pivot_root"));
+        assert!(a["io.github.husk.sandbox.cgroup"]
+            .as_str()
+            .unwrap()
+            .contains("cgroupsPath"));
         assert!(v["mountOptions"]
             .as_array()
             .unwrap()
