@@ -139,6 +139,17 @@ impl AgentClient {
         self.recv(id)
     }
 
+    /// [`AgentClient::call`], failing if the exchange takes longer than `timeout` (a
+    /// guest that never answers must not hold the caller).
+    pub fn call_within(&mut self, req: Request, timeout: Duration) -> Result<Response> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        self.stream.set_write_timeout(Some(timeout))?;
+        let answer = self.call(req);
+        self.stream.set_read_timeout(None)?;
+        self.stream.set_write_timeout(None)?;
+        answer
+    }
+
     /// Sends `req` without waiting; returns its id for [`AgentClient::recv`].
     pub fn send(&mut self, req: Request) -> Result<u64> {
         let id = self.next_id;
@@ -176,6 +187,21 @@ impl AgentClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_within_a_time_fails_when_the_guest_never_answers() {
+        let (ours, _silent_guest) = UnixStream::pair().unwrap();
+        let mut c = AgentClient {
+            stream: ours,
+            next_id: 1,
+            kernel_release: String::new(),
+        };
+        let started = Instant::now();
+        assert!(c
+            .call_within(Request::Shutdown, Duration::from_millis(200))
+            .is_err());
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
 
     #[test]
     fn an_agent_that_never_answers_the_handshake_fails_it_in_time() {
