@@ -159,6 +159,53 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
     None
 }
 
+/// [`output_within`], but a run that had to be killed comes back as an error holding what
+/// each of the process's threads was doing (name, state, kernel wait channel, system
+/// call, kernel stack), read just before the kill: a hang must say where it hung.
+pub fn output_within_or_dump(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running husk");
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if child.try_wait().expect("waiting for husk").is_some() {
+            return Ok(child.wait_with_output().expect("collecting husk's output"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = child.id();
+    let mut dump = format!("pid {pid} did not finish within {limit:?}; its threads:\n");
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let t = task.path();
+        let state = read(t.join("stat"))
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_default();
+        dump.push_str(&format!(
+            "  {} {} state {state} wchan {} syscall {}\n{}",
+            task.file_name().to_string_lossy(),
+            read(t.join("comm")).trim(),
+            read(t.join("wchan")).trim(),
+            read(t.join("syscall")).trim(),
+            read(t.join("stack"))
+                .lines()
+                .map(|l| format!("      {l}\n"))
+                .collect::<String>()
+        ));
+    }
+    let _ = child.kill();
+    let o = child.wait_with_output().expect("collecting husk's output");
+    Err(format!("{dump}{}", show(&o)))
+}
+
 /// Formats an output for assertion messages.
 pub fn show(o: &Output) -> String {
     format!(

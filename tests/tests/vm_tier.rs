@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use husk_tests::{
-    output, output_within, process_with_arg_exists, pseudo_random, sha256_hex, show,
-    vsock_connect_retry, VmTier,
+    output, output_within, output_within_or_dump, process_with_arg_exists, pseudo_random,
+    sha256_hex, show, vsock_connect_retry, VmTier,
 };
 
 const MIB64: usize = 64 << 20;
@@ -301,7 +301,11 @@ fn twenty_boots_in_a_row_succeed() {
     let ro = format!("{}:ro", img.display());
     let run_dir = tempfile::tempdir().unwrap();
     for i in 0..20 {
-        let o = output(t.vm_run(run_dir.path()).args(["--disk", &ro, "--", "true"]));
+        let run = output_within_or_dump(
+            t.vm_run(run_dir.path()).args(["--disk", &ro, "--", "true"]),
+            Duration::from_secs(300),
+        );
+        let o = run.unwrap_or_else(|dump| panic!("boot {i} hung: {dump}"));
         assert_eq!(o.status.code(), Some(0), "boot {i}: {}", show(&o));
     }
     assert_eq!(
