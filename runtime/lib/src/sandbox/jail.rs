@@ -86,12 +86,10 @@ impl Jail {
             bail!("the sandbox must confine itself with one thread, it has {threads}");
         }
         let uid = sandbox_uid(std::process::id());
-        // The sandbox binds its control and stdio sockets here after dropping root.
-        std::os::unix::fs::chown(&self.dir, Some(uid), Some(uid))
-            .and_then(|()| {
-                std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
-            })
-            .with_context(|| format!("giving the jail {} to uid {uid}", self.dir.display()))?;
+        // The sandbox binds its control and stdio sockets here after dropping root, and
+        // connects to the VM's socket made before (connecting takes write permission on
+        // the socket file): the jail and what it holds are the sandbox user's.
+        give_dir_to(&self.dir, uid, uid)?;
         self.pivot()?;
         drop_bounding_set(keep)?;
         // SAFETY: prctl with integer arguments only.
@@ -115,8 +113,7 @@ impl Jail {
                 tracing::debug!("the sandbox keeps its uid: {e:#}");
                 // SAFETY: getuid and getgid have no preconditions.
                 let (me, group) = unsafe { (libc::getuid(), libc::getgid()) };
-                std::os::unix::fs::chown("/", Some(me), Some(group))
-                    .context("taking the jail back")?;
+                give_dir_to(Path::new("/"), me, group).context("taking the jail back")?;
                 Some(format!("{e:#}"))
             }
         };
@@ -173,6 +170,19 @@ impl Jail {
         std::env::set_current_dir("/").with_context(|| ctx("entering the new root"))?;
         Ok(())
     }
+}
+
+/// Gives directory `dir` (mode 0700) and everything in it (not recursively) to
+/// `uid`:`gid`.
+fn give_dir_to(dir: &Path, uid: u32, gid: u32) -> Result<()> {
+    let ctx = || format!("giving the jail {} to uid {uid}", dir.display());
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).with_context(ctx)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(ctx)?;
+    for entry in std::fs::read_dir(dir).with_context(ctx)? {
+        let path = entry.with_context(ctx)?.path();
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).with_context(ctx)?;
+    }
+    Ok(())
 }
 
 fn thread_count() -> Result<usize> {
