@@ -132,11 +132,19 @@ fn the_running_sandbox_is_confined() {
     );
     assert_eq!(status_field(pid, "Groups:"), "");
     // Its root is the jail, the only mount it sees.
+    use std::os::unix::fs::MetadataExt;
     let jail = root.join("confined").join("sandbox");
+    let its_root = std::fs::metadata(format!("/proc/{pid}/root/")).unwrap();
+    let jail_meta = std::fs::metadata(&jail).unwrap();
     assert_eq!(
-        std::fs::read_link(format!("/proc/{pid}/root")).unwrap(),
-        jail,
-        "the sandbox's root"
+        (its_root.dev(), its_root.ino()),
+        (jail_meta.dev(), jail_meta.ino()),
+        "the sandbox's root is not its jail"
+    );
+    assert_eq!(
+        jail_meta.uid(),
+        uid,
+        "the jail belongs to the sandbox's user"
     );
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
     assert_eq!(mounts.lines().count(), 1, "{mounts}");
