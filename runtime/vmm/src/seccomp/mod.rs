@@ -217,6 +217,9 @@ pub fn base() -> Allowlist {
         libc::SYS_exit,
         libc::SYS_exit_group,
         libc::SYS_rt_sigreturn,
+        // A sleep or wait interrupted by a stop (SIGSTOP, a cgroup freeze, a debugger)
+        // resumes through restart_syscall.
+        libc::SYS_restart_syscall,
         libc::SYS_rt_sigprocmask,
         libc::SYS_sigaltstack,
         libc::SYS_write,
