@@ -247,6 +247,8 @@ pub fn run(cfg: &SoakConfig) -> SoakReport {
             report
                 .failures
                 .push(format!("cycle {cycle} ({fault:?}): {e}"));
+            // The failure is counted; what is left behind is husk's to clear.
+            let _ = step(cfg, &["delete", "--force", &id]);
         }
         reap_orphans();
     }
