@@ -250,7 +250,11 @@ fn a_forbidden_system_call_ends_the_sandbox_with_a_record() {
     );
     let log = std::fs::read_to_string(root.with_extension("log")).unwrap();
     assert!(
-        log.contains("seccomp: the control thread made the forbidden system call"),
+        log.contains("seccomp: the control thread (")
+            && log.contains(&format!(
+                ") made the forbidden system call {}",
+                libc::SYS_sysinfo
+            )),
         "{log}"
     );
     assert_eq!(state(&t, &root, "violation")["status"], "stopped");

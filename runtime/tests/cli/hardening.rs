@@ -263,7 +263,8 @@ fn a_forbidden_system_call_ends_the_sandbox_with_a_record() {
     let record = env.last_error_line().expect("an error line in the log");
     let msg = record["msg"].as_str().unwrap();
     assert!(
-        msg.contains("seccomp: the control thread made the forbidden system call"),
+        msg.contains("seccomp: the control thread (")
+            && msg.contains(") made the forbidden system call"),
         "{record}"
     );
     assert_eq!(env.status(&id), "stopped");

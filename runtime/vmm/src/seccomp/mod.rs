@@ -284,6 +284,12 @@ impl RoleFilter {
     /// Sets no_new_privs first, as the kernel requires.
     pub fn install(&self) -> Result<(), SeccompError> {
         THREAD_ROLE.with(|r| r.set(self.role as u8));
+        let mut name = [0u8; 16];
+        if let Some(n) = std::thread::current().name() {
+            let n = &n.as_bytes()[..n.len().min(15)];
+            name[..n.len()].copy_from_slice(n);
+        }
+        THREAD_NAME.with(|t| t.set(name));
         if self.role == ThreadRole::Control {
             // Only control threads start threads: theirs inherit the filter and the role.
             INHERITED_ROLE.store(self.role as u8, Ordering::SeqCst);
@@ -301,6 +307,9 @@ impl RoleFilter {
 thread_local! {
     /// The role of the filter this thread installed, for the violation record.
     static THREAD_ROLE: Cell<u8> = const { Cell::new(0) };
+    /// The name of the thread that installed its filter, for the violation record (the
+    /// handler may not allocate).
+    static THREAD_NAME: Cell<[u8; 16]> = const { Cell::new([0; 16]) };
 }
 
 /// The role of threads that did not install a filter themselves but inherited one.
@@ -346,8 +355,9 @@ impl Line {
     }
 }
 
-/// The record line for a violation by a thread of `role` (0 if none) making call `nr`.
-fn violation_line(role: u8, nr: i64, json: bool) -> Line {
+/// The record line for a violation by a thread of `role` (0 if none) named `thread`
+/// (NUL-padded, may be empty) making call `nr`.
+fn violation_line(role: u8, thread: &[u8], nr: i64, json: bool) -> Line {
     let mut line = Line {
         buf: [0; 256],
         len: 0,
@@ -360,7 +370,15 @@ fn violation_line(role: u8, nr: i64, json: bool) -> Line {
     });
     line.push(b"seccomp: the ");
     line.push(name.as_bytes());
-    line.push(b" thread made the forbidden system call ");
+    line.push(b" thread");
+    let thread = &thread[..thread.iter().position(|&b| b == 0).unwrap_or(thread.len())];
+    // Thread names are ours, but keep the line one line of plain text whatever they hold.
+    if !thread.is_empty() && thread.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        line.push(b" (");
+        line.push(thread);
+        line.push(b")");
+    }
+    line.push(b" made the forbidden system call ");
     line.push_number(nr as u64);
     line.push(b"; the sandbox ends");
     line.push(if json { b"\"}\n" } else { b"\n" });
@@ -380,11 +398,22 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
             .cast::<i32>()
             .read()
     };
+    let mut thread = THREAD_NAME.with(Cell::get);
     let role = match THREAD_ROLE.with(Cell::get) {
-        0 => INHERITED_ROLE.load(Ordering::Relaxed),
+        0 => {
+            // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer; the control
+            // role, the only one threads inherit, allows it.
+            unsafe { libc::prctl(libc::PR_GET_NAME, thread.as_mut_ptr()) };
+            INHERITED_ROLE.load(Ordering::Relaxed)
+        }
         own => own,
     };
-    let line = violation_line(role, i64::from(nr), RECORD_JSON.load(Ordering::Relaxed));
+    let line = violation_line(
+        role,
+        &thread,
+        i64::from(nr),
+        RECORD_JSON.load(Ordering::Relaxed),
+    );
     // SAFETY: write(2) and _exit(2) are async-signal-safe and allowed by every role; the
     // buffer is a live local.
     unsafe {

@@ -151,11 +151,16 @@ fn a_forbidden_call_ends_the_process_with_a_record_naming_role_and_call() {
     for (case, role) in [("vcpu-forbidden", "vCPU"), ("device-forbidden", "device")] {
         let (code, stderr) = run_case(case);
         assert_eq!(code, Some(VIOLATION_EXIT_CODE), "{case}: {stderr}");
-        let want = format!(
-            "husk: seccomp: the {role} thread made the forbidden system call {}; the sandbox ends",
+        // The thread's name follows the role, in parentheses.
+        let head = format!("husk: seccomp: the {role} thread (");
+        let tail = format!(
+            ") made the forbidden system call {}; the sandbox ends",
             libc::SYS_sysinfo
         );
-        assert!(stderr.contains(&want), "{case}: {stderr}");
+        assert!(
+            stderr.contains(&head) && stderr.contains(&tail),
+            "{case}: {stderr}"
+        );
     }
 }
 
@@ -196,11 +201,17 @@ fn control_threads_start_threads_and_use_sockets_but_never_fork() {
 
 #[test]
 fn violation_lines_fit_and_name_unknown_roles() {
-    let l = violation_line(0, i64::from(u32::MAX), false);
+    let l = violation_line(0, b"", i64::from(u32::MAX), false);
     let s = std::str::from_utf8(&l.buf[..l.len]).unwrap();
     assert_eq!(
         s,
         "husk: seccomp: the unconfined thread made the forbidden system call 4294967295; the sandbox ends\n"
+    );
+    let l = violation_line(3, b"agent-reader\0\0\0\0", 257, false);
+    let s = std::str::from_utf8(&l.buf[..l.len]).unwrap();
+    assert_eq!(
+        s,
+        "husk: seccomp: the control thread (agent-reader) made the forbidden system call 257; the sandbox ends\n"
     );
 }
 
