@@ -17,7 +17,7 @@ husk_kvm_boots_linux() {
 husk_build() {
     HUSK_KERNEL=$(guest-kernel-config/build-kernel.sh | tail -n 1)
     HUSK_INITRD=$(scripts/build-guest.sh | tail -n 1)
-    cargo build --release -q -p husk -p husk-rootfs-builder
+    cargo build --release -q -p husk -p containerd-shim-husk-v2 -p husk-rootfs-builder
     mkdir -p target/share/husk
     ln -sfn "$HUSK_KERNEL" target/share/husk/vmlinux
     ln -sfn "$HUSK_INITRD" target/share/husk/initramfs.cpio

@@ -14,7 +14,9 @@ packages=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev c
           busybox-static e2fsprogs kmod zstd xz-utils python3
           # container clients for the VM tier's client tests, and the image tools they use
           containerd runc crun runsc podman conmon containernetworking-plugins docker.io
-          umoci skopeo)
+          umoci skopeo
+          # the CRI client of the pod tests (k8s-cri generates its code with protoc)
+          protobuf-compiler)
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in "${packages[@]}"; do have "$p" || missing+=("$p"); done

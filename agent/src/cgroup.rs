@@ -47,6 +47,10 @@ impl CgroupRoot {
         if !cgroup.pids()?.is_empty() {
             bail!("cgroup {} still has processes", cgroup.path.display());
         }
+        // Accounting for Stats and OOM events, whether or not the config sets limits.
+        for controller in ["memory", "pids"] {
+            self.enable(controller);
+        }
         Ok(cgroup)
     }
 }

@@ -158,6 +158,8 @@ fn request_name(request: &Request) -> &'static str {
         Request::Resize { .. } => "resize",
         Request::Ps { .. } => "ps",
         Request::RemoveContainer { .. } => "remove container",
+        Request::Stats { .. } => "stats",
+        Request::WaitOom { .. } => "wait oom",
     }
 }
 
@@ -225,6 +227,13 @@ fn respond(agent: &Agent, request: Request) -> Response {
         }
         Request::RemoveContainer { container_id } => {
             container::remove::remove(agent, &container_id).map(|()| Response::Ok)
+        }
+        Request::Stats { container_id } => {
+            container::stats::stats(agent, &container_id).map(Response::Stats)
+        }
+        Request::WaitOom { container_id, seen } => {
+            container::stats::wait_oom(agent, &container_id, seen)
+                .map(|oom_kills| Response::Oom { oom_kills })
         }
         Request::Shutdown => Ok(Response::Ok),
     };

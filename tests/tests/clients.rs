@@ -29,6 +29,11 @@ fn runtime() -> PathBuf {
         .unwrap_or_else(|| env_path("HUSK_BIN"))
 }
 
+/// Where the husk build under test lives (its shim is beside it).
+fn runtime_bin_dir() -> PathBuf {
+    env_path("HUSK_BIN").parent().unwrap().to_owned()
+}
+
 fn images() -> PathBuf {
     env_path("HUSK_CLIENT_IMAGES")
 }
@@ -130,7 +135,10 @@ struct Containerd {
 
 impl Containerd {
     fn start() -> Self {
-        let dir = state_dir("containerd");
+        // A directory per daemon: a failed test's shims and mounts cannot spill over.
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = state_dir(&format!("containerd-{n}"));
         let socket = dir.join("containerd.sock");
         let config = dir.join("config.toml");
         std::fs::write(
@@ -145,9 +153,20 @@ impl Containerd {
             ),
         )
         .unwrap();
+        // The shim v2 tests find containerd-shim-husk-v2 where containerd looks for
+        // shims: on its PATH (it is built beside husk).
+        let bin_dir = runtime_bin_dir();
+        let path = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let daemon = Daemon::start(
             "containerd",
-            Command::new("containerd").arg("--config").arg(&config),
+            Command::new("containerd")
+                .env("PATH", path)
+                .arg("--config")
+                .arg(&config),
             &socket,
         );
         let c = Self {
@@ -522,4 +541,336 @@ fn docker_exec_and_stop() {
         .args(["inspect", "-f", "{{.State.ExitCode}}", "long"]));
     assert_eq!(stdout(&o), "137", "stopped by SIGKILL after the timeout");
     ok(d.docker().args(["rm", "long"]));
+}
+
+// ---------------------------------------------------------------- containerd shim v2
+
+/// The shim under test: husk's, or the runc v2 shim when the harness is checked against
+/// runc (HUSK_CLIENT_RUNTIME).
+fn shim_runtime() -> &'static str {
+    if std::env::var_os("HUSK_CLIENT_RUNTIME").is_some() {
+        "io.containerd.runc.v2"
+    } else {
+        "io.containerd.husk.v2"
+    }
+}
+
+impl Containerd {
+    /// `ctr run` through the shim v2 under test.
+    fn ctr_run_shim(&self) -> Command {
+        let mut c = self.ctr();
+        c.args(["run", "--runtime", shim_runtime()]);
+        c
+    }
+
+    /// Waits until `ctr task ls` shows `id` with `status`.
+    fn wait_task_status(&self, id: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let o = run(self.ctr().args(["task", "ls"]));
+            if stdout(&o)
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id) && l.contains(status))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never became {status}: {}",
+                show(&o)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// containerd's log (the shims log into it) and husk's log of task `id`, for a
+    /// failure message.
+    fn diagnostics(&self, id: &str) -> String {
+        let dir = self.socket.parent().unwrap();
+        let tail = |p: PathBuf| {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(40);
+            format!("--- {}:\n{}", p.display(), lines[from..].join("\n"))
+        };
+        format!(
+            "{}\n{}",
+            tail(dir.join("containerd.log")),
+            tail(dir.join(format!(
+                "state/io.containerd.runtime.v2.task/default/{id}/log.json"
+            )))
+        )
+    }
+
+    /// The pid `ctr task ls` shows for `id`.
+    fn task_pid(&self, id: &str) -> i32 {
+        let o = ok(self.ctr().args(["task", "ls"]));
+        stdout(&o)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no pid for {id}: {}", show(&o)))
+    }
+}
+
+fn pid_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn shim_v2_runs_a_container_and_returns_its_exit_status() {
+    let c = Containerd::start();
+    let o = ok(c
+        .ctr_run_shim()
+        .args(["--rm", IMAGE, "shim-echo", "echo", "hello"]));
+    assert_eq!(stdout(&o), "hello");
+    let o = run(c.ctr_run_shim().args([
+        "--rm",
+        IMAGE,
+        "shim-exit",
+        "sh",
+        "-c",
+        "echo err >&2; exit 3",
+    ]));
+    assert_eq!(o.status.code(), Some(3), "{}", show(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stderr).trim(), "err");
+    // Nothing is left of either container.
+    let o = ok(c.ctr().args(["containers", "ls", "-q"]));
+    assert!(
+        !stdout(&o).lines().any(|l| l.starts_with("shim-")),
+        "containers left: {}",
+        show(&o)
+    );
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn shim_v2_interactive_tty_follows_the_window_size() {
+    let c = Containerd::start();
+    let mut cmd = Command::new(pty_run());
+    cmd.args([
+        "--rows",
+        "33",
+        "--cols",
+        "101",
+        "--input",
+        "tty; stty size; exit 4",
+        "--",
+    ])
+    .arg("ctr")
+    .arg("-a")
+    .arg(&c.socket)
+    .args(["run", "--runtime", shim_runtime()])
+    .args(["--rm", "-t", IMAGE, "shim-tty", "sh"]);
+    let o = run(&mut cmd);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{}", show(&o));
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("33 101"), "{out}");
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn shim_v2_exec_ps_pause_kill_and_events_in_order() {
+    let c = Containerd::start();
+    let mut events = c
+        .ctr()
+        .arg("events")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    ok(c.ctr_run_shim()
+        .args(["-d", IMAGE, "shim-ev", "sleep", "100000"]));
+    c.wait_task_status("shim-ev", "RUNNING");
+    let o = run(c.ctr().args([
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "shim-ev",
+        "sh",
+        "-c",
+        "echo from-exec; exit 6",
+    ]));
+    assert_eq!(o.status.code(), Some(6), "{}", show(&o));
+    assert_eq!(stdout(&o), "from-exec");
+    let o = ok(c.ctr().args(["task", "ps", "shim-ev"]));
+    assert!(stdout(&o).lines().count() >= 2, "a pid: {}", show(&o));
+    ok(c.ctr().args(["task", "pause", "shim-ev"]));
+    c.wait_task_status("shim-ev", "PAUSED");
+    ok(c.ctr().args(["task", "resume", "shim-ev"]));
+    c.wait_task_status("shim-ev", "RUNNING");
+    ok(c.ctr().args(["task", "kill", "-s", "SIGKILL", "shim-ev"]));
+    c.wait_task_status("shim-ev", "STOPPED");
+    let sandbox = c.task_pid("shim-ev");
+    ok(c.ctr().args(["task", "rm", "shim-ev"]));
+    ok(c.ctr().args(["containers", "rm", "shim-ev"]));
+    assert!(
+        !pid_alive(sandbox),
+        "the sandbox {sandbox} outlived its task"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = events.kill();
+    let out = events.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let topics: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"shim-ev\""))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+        .collect();
+    let expected = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/exit",
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    assert_eq!(topics, expected, "events: {text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("/tasks/exit") && l.contains("\"exit_status\":137")),
+        "the container's exit is 137 (SIGKILL): {text}"
+    );
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn shim_v2_killed_shim_is_cleaned_up_by_containerd() {
+    let c = Containerd::start();
+    ok(c.ctr_run_shim()
+        .args(["-d", IMAGE, "shim-k9", "sleep", "100000"]));
+    c.wait_task_status("shim-k9", "RUNNING");
+    let sandbox = c.task_pid("shim-k9");
+    let shim_name = if shim_runtime().contains("husk") {
+        "containerd-shim-husk-v2"
+    } else {
+        "containerd-shim-runc-v2"
+    };
+    let o = ok(Command::new("pgrep").args(["-f", &format!("{shim_name} .*-id shim-k9")]));
+    let shim: i32 = stdout(&o).lines().next().unwrap().parse().unwrap();
+    ok(Command::new("kill").args(["-9", &shim.to_string()]));
+    // containerd sees the shim go, runs its `delete` to clean up and marks the task
+    // stopped; then the task and container can be removed.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let o = run(c.ctr().args(["task", "ls"]));
+        let line = stdout(&o)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some("shim-k9"))
+            .map(str::to_owned);
+        if line.as_deref().is_none_or(|l| l.contains("STOPPED")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "containerd never noticed the dead shim: {}",
+            show(&o)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = run(c.ctr().args(["task", "rm", "-f", "shim-k9"]));
+    ok(c.ctr().args(["containers", "rm", "shim-k9"]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pid_alive(sandbox) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !pid_alive(sandbox),
+        "the sandbox {sandbox} outlived its shim"
+    );
+    if shim_runtime().contains("husk") {
+        let state = Path::new("/run/containerd/husk/default/shim-k9");
+        assert!(!state.exists(), "{} was left behind", state.display());
+    }
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn shim_v2_reports_stats_and_oom_kills() {
+    let c = Containerd::start();
+    let mut events = c
+        .ctr()
+        .arg("events")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    ok(c.ctr_run_shim().args([
+        "-d",
+        "--memory-limit",
+        "67108864",
+        IMAGE,
+        "shim-oom",
+        "sleep",
+        "100000",
+    ]));
+    c.wait_task_status("shim-oom", "RUNNING");
+    let o = ok(c
+        .ctr()
+        .args(["task", "metrics", "--format", "json", "shim-oom"]));
+    let metrics: serde_json::Value = serde_json::from_str(&stdout(&o))
+        .unwrap_or_else(|e| panic!("metrics are not JSON ({e}): {}", show(&o)));
+    let data = metrics.get("Data").unwrap_or(&metrics);
+    let usage = data["memory"]["usage"].as_u64().unwrap_or(0);
+    let limit = data["memory"]["usage_limit"].as_u64().unwrap_or(0);
+    let pids = data["pids"]["current"].as_u64().unwrap_or(0);
+    assert!(usage > 0, "memory usage: {metrics}");
+    assert_eq!(limit, 67108864, "memory limit: {metrics}");
+    assert!(pids >= 1, "pids: {metrics}");
+    // A process that outgrows the container's memory limit is OOM-killed in the guest.
+    let o = run(c.ctr().args([
+        "task",
+        "exec",
+        "--exec-id",
+        "hog",
+        "shim-oom",
+        "sh",
+        "-c",
+        // dd's one 100 MiB buffer outgrows the limit at once (a shell string grown
+        // from a pipe takes many minutes under emulation).
+        "dd if=/dev/zero of=/dev/null bs=100M count=1; echo survived",
+    ]));
+    assert_eq!(o.status.code(), Some(137), "OOM-killed: {}", show(&o));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stdout_pipe = events.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout_pipe)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("/tasks/oom") && line.contains("\"shim-oom\"") {
+                let _ = tx.send(line);
+                return;
+            }
+        }
+    });
+    let seen = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(seen.is_ok(), "no /tasks/oom event for shim-oom");
+    // Only the process that outgrew the limit went: the container runs on.
+    let o = ok(c.ctr().args(["task", "ls"]));
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.starts_with("shim-oom ") && l.contains("RUNNING")),
+        "the container did not survive its exec's OOM kill: {}\n{}",
+        show(&o),
+        c.diagnostics("shim-oom")
+    );
+    ok(c.ctr().args(["task", "kill", "-s", "SIGKILL", "shim-oom"]));
+    c.wait_task_status("shim-oom", "STOPPED");
+    ok(c.ctr().args(["task", "rm", "shim-oom"]));
+    ok(c.ctr().args(["containers", "rm", "shim-oom"]));
 }

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version; both sides refuse a peer whose version differs.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest frame either side accepts (1 MiB).
 pub const MAX_FRAME_SIZE: u32 = 1 << 20;
 /// vsock port the agent listens on for the control connection.
@@ -216,6 +216,20 @@ pub enum Request {
         #[serde(default)]
         all: bool,
     },
+    /// Resource usage of a container, from its cgroup in the guest. Answered with
+    /// `Stats`.
+    Stats {
+        /// The container.
+        container_id: String,
+    },
+    /// Wait until the guest kernel has OOM-killed more of the container's processes than
+    /// `seen`. Answered with `Oom` then, or an error once the container is gone.
+    WaitOom {
+        /// The container.
+        container_id: String,
+        /// The OOM-kill count the host already knows of.
+        seen: u64,
+    },
     /// Flush filesystems and power the guest off. Answered before the guest goes down.
     Shutdown,
 }
@@ -337,6 +351,13 @@ pub enum Response {
         /// Guest pids, the container's own process first.
         pids: Vec<i32>,
     },
+    /// Answer to `Stats`.
+    Stats(ContainerStats),
+    /// Answer to `WaitOom`: the container's OOM kills so far.
+    Oom {
+        /// OOM kills since the container was created.
+        oom_kills: u64,
+    },
     /// The request was carried out.
     Ok,
     /// The request failed.
@@ -344,6 +365,34 @@ pub enum Response {
         /// One line for the user.
         message: String,
     },
+}
+
+/// A container's resource usage, read from its cgroup (v2) in the guest. A value the
+/// guest kernel does not account is 0; a limit of 0 means none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    /// CPU time used, in microseconds (`cpu.stat` usage_usec).
+    pub cpu_usage_usec: u64,
+    /// User CPU time, in microseconds.
+    pub cpu_user_usec: u64,
+    /// System CPU time, in microseconds.
+    pub cpu_system_usec: u64,
+    /// Memory in use, in bytes (`memory.current`).
+    pub memory_usage_bytes: u64,
+    /// Memory limit, in bytes (`memory.max`; 0: none).
+    pub memory_limit_bytes: u64,
+    /// Anonymous memory, in bytes (`memory.stat` anon).
+    pub memory_anon_bytes: u64,
+    /// Page cache, in bytes (`memory.stat` file).
+    pub memory_file_bytes: u64,
+    /// Inactive page cache, in bytes (`memory.stat` inactive_file).
+    pub memory_inactive_file_bytes: u64,
+    /// Processes in the container (`pids.current`).
+    pub pids_current: u64,
+    /// Process limit (`pids.max`; 0: none).
+    pub pids_limit: u64,
+    /// Processes the kernel OOM-killed (`memory.events` oom_kill).
+    pub oom_kills: u64,
 }
 
 /// How a process ended.

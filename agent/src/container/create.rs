@@ -17,7 +17,7 @@ use super::{unmount_root, Container};
 use crate::cgroup::Cgroup;
 use crate::exec::{connect_stdio, null_stdio};
 use crate::server::Agent;
-use crate::setup::messages::{Job, Report, SetupConfig};
+use crate::setup::messages::{Job, NamespaceFd, Report, SetupConfig};
 
 /// What has been done so far, for undoing it.
 #[derive(Default)]
@@ -33,6 +33,25 @@ pub fn create(agent: &Agent, req: &ContainerRequest) -> anyhow::Result<libc::pid
     let id = req.container_id.as_str();
     let spec: Spec = serde_json::from_value(req.spec.clone()).context("config.json")?;
     let namespaces = namespaces(&spec)?;
+    let joins = open_joins(&namespaces.join)?;
+    let pid_join = joins
+        .iter()
+        .find(|(f, _)| *f == CloneFlags::CLONE_NEWPID)
+        .map(|(_, fd)| fd);
+    let inherit: Vec<i32> = joins
+        .iter()
+        .filter(|(f, _)| *f != CloneFlags::CLONE_NEWPID)
+        .map(|(_, fd)| fd.as_raw_fd())
+        .collect();
+    let join_fds: Vec<NamespaceFd> = joins
+        .iter()
+        .filter(|(f, _)| *f != CloneFlags::CLONE_NEWPID)
+        .map(|(f, fd)| NamespaceFd {
+            nstype: f.bits(),
+            fd: fd.as_raw_fd(),
+        })
+        .collect();
+    let created = namespaces.create;
     let process = spec
         .process()
         .as_ref()
@@ -77,15 +96,27 @@ pub fn create(agent: &Agent, req: &ContainerRequest) -> anyhow::Result<libc::pid
             connect_stdio(id, &req.stdio, &agent.transport)?
         };
         let launch = Launch {
-            new_namespaces: namespaces & !CloneFlags::CLONE_NEWCGROUP,
+            new_namespaces: created & !CloneFlags::CLONE_NEWCGROUP,
             stdio: stdio.each_ref().map(|f| f.as_raw_fd()),
-            inherit: &[],
+            inherit: &inherit,
         };
-        let (pid, mut channel) = launch::spawn(&agent.table, exec_reservation, &launch)?;
+        // pid_for_children is per thread: joining a pod's pid namespace happens on a
+        // short-lived forking thread, as for an exec.
+        let (pid, mut channel) = std::thread::scope(|s| {
+            s.spawn(|| {
+                if let Some(ns) = pid_join {
+                    nix::sched::setns(ns, CloneFlags::CLONE_NEWPID)
+                        .context("join the pod's pid namespace")?;
+                }
+                launch::spawn(&agent.table, exec_reservation, &launch)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the forking thread panicked")))
+        })?;
         partial.pid = Some(pid);
         drop(stdio);
         partial.cgroup.as_ref().expect("set above").add(pid)?;
-        if namespaces.contains(CloneFlags::CLONE_NEWUSER) {
+        if created.contains(CloneFlags::CLONE_NEWUSER) {
             write_id_maps(pid, &spec)?;
             channel.release_id_maps()?;
         }
@@ -96,8 +127,9 @@ pub fn create(agent: &Agent, req: &ContainerRequest) -> anyhow::Result<libc::pid
             job: Job::Create {
                 rootfs: rootfs.clone(),
                 cgroup: cgroup_path,
-                new_cgroup_namespace: namespaces.contains(CloneFlags::CLONE_NEWCGROUP),
-                new_network_namespace: namespaces.contains(CloneFlags::CLONE_NEWNET),
+                new_cgroup_namespace: created.contains(CloneFlags::CLONE_NEWCGROUP),
+                new_network_namespace: created.contains(CloneFlags::CLONE_NEWNET),
+                join: join_fds.clone(),
                 no_pivot: agent.containers.no_pivot,
             },
         })?;
@@ -189,10 +221,27 @@ fn mount_root(req: &ContainerRequest, rootfs: &Path, readonly: bool) -> anyhow::
     })
 }
 
-/// The namespaces to create, checked: paths (joining existing namespaces) are refused, a
-/// mount namespace is required, and a hostname needs a UTS namespace.
-fn namespaces(spec: &Spec) -> anyhow::Result<CloneFlags> {
-    let mut flags = CloneFlags::empty();
+/// The container's namespaces: those to create, and those to join by path (a pod's
+/// containers join the net, IPC and UTS namespaces of the pod's first container, whose
+/// paths the host names as guest paths). A mount namespace of its own is required, a
+/// hostname needs a UTS namespace, and the user and mount namespaces cannot be joined.
+#[derive(Debug, PartialEq)]
+struct Namespaces {
+    create: CloneFlags,
+    join: Vec<(CloneFlags, PathBuf)>,
+}
+
+impl Namespaces {
+    fn has(&self, flag: CloneFlags) -> bool {
+        self.create.contains(flag) || self.join.iter().any(|(f, _)| *f == flag)
+    }
+}
+
+fn namespaces(spec: &Spec) -> anyhow::Result<Namespaces> {
+    let mut ns_out = Namespaces {
+        create: CloneFlags::empty(),
+        join: Vec::new(),
+    };
     for ns in spec
         .linux()
         .as_ref()
@@ -200,14 +249,7 @@ fn namespaces(spec: &Spec) -> anyhow::Result<CloneFlags> {
         .into_iter()
         .flatten()
     {
-        if let Some(path) = ns.path() {
-            bail!(
-                "joining an existing {} namespace ({}) is not supported in a husk guest",
-                ns.typ(),
-                path.display()
-            );
-        }
-        flags |= match ns.typ() {
+        let flag = match ns.typ() {
             LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
             LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
             LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
@@ -217,17 +259,54 @@ fn namespaces(spec: &Spec) -> anyhow::Result<CloneFlags> {
             LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
             LinuxNamespaceType::Time => bail!("time namespaces are not supported"),
         };
+        match ns.path() {
+            Some(path)
+                if matches!(
+                    ns.typ(),
+                    LinuxNamespaceType::Mount | LinuxNamespaceType::User
+                ) =>
+            {
+                bail!(
+                    "joining an existing {} namespace ({}) is not supported in a husk guest",
+                    ns.typ(),
+                    path.display()
+                )
+            }
+            Some(path) => ns_out.join.push((flag, path.clone())),
+            None => ns_out.create |= flag,
+        }
     }
-    if !flags.contains(CloneFlags::CLONE_NEWNS) {
+    if !ns_out.create.contains(CloneFlags::CLONE_NEWNS) {
         bail!("config.json: linux.namespaces must include a mount namespace");
     }
     let has_hostname = spec.hostname().as_deref().is_some_and(|h| !h.is_empty())
         || spec.domainname().as_deref().is_some_and(|d| !d.is_empty());
-    if has_hostname && !flags.contains(CloneFlags::CLONE_NEWUTS) {
+    if has_hostname && !ns_out.has(CloneFlags::CLONE_NEWUTS) {
         bail!("config.json: a hostname or domainname needs a uts namespace");
     }
-    Ok(flags)
+    Ok(ns_out)
 }
+
+/// Opens the namespaces to join; each must be a namespace of the kind it is named as.
+fn open_joins(joins: &[(CloneFlags, PathBuf)]) -> anyhow::Result<Vec<(CloneFlags, OwnedFd)>> {
+    joins
+        .iter()
+        .map(|(flag, path)| {
+            let fd: OwnedFd = std::fs::File::open(path)
+                .with_context(|| format!("open the namespace {}", path.display()))?
+                .into();
+            // SAFETY: NS_GET_NSTYPE takes no argument and returns the type or -1.
+            let kind = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) };
+            if kind != flag.bits() {
+                bail!("{} is not a {flag:?} namespace", path.display());
+            }
+            Ok((*flag, fd))
+        })
+        .collect()
+}
+
+/// `ioctl(NS_GET_NSTYPE)` from linux/nsfs.h: `_IO(0xb7, 0x3)`.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
 /// Maps the user namespace of `pid` as `linux.uidMappings`/`gidMappings` say.
 fn write_id_maps(pid: libc::pid_t, spec: &Spec) -> anyhow::Result<()> {
@@ -287,7 +366,7 @@ mod tests {
             {"type": "cgroup"}, {"type": "ipc"}, {"type": "uts"}]}}),
         );
         assert_eq!(
-            namespaces(&s).unwrap(),
+            namespaces(&s).unwrap().create,
             CloneFlags::CLONE_NEWNS
                 | CloneFlags::CLONE_NEWPID
                 | CloneFlags::CLONE_NEWNET
@@ -299,15 +378,46 @@ mod tests {
     }
 
     #[test]
-    fn joining_a_namespace_by_path_is_refused_naming_it() {
-        let s = spec(
-            serde_json::json!({"ociVersion": "1.0.2", "linux": {"namespaces": [
-            {"type": "mount"}, {"type": "network", "path": "/run/netns/x"}]}}),
+    fn a_pods_namespaces_are_joined_by_path() {
+        let s = spec(serde_json::json!({"ociVersion": "1.0.2", "hostname": "pod",
+            "linux": {"namespaces": [
+            {"type": "mount"}, {"type": "pid"},
+            {"type": "network", "path": "/proc/7/ns/net"},
+            {"type": "uts", "path": "/proc/7/ns/uts"}]}}));
+        let ns = namespaces(&s).unwrap();
+        assert_eq!(
+            ns.create,
+            CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID
         );
-        let err = namespaces(&s).unwrap_err().to_string();
+        assert_eq!(
+            ns.join,
+            vec![
+                (CloneFlags::CLONE_NEWNET, PathBuf::from("/proc/7/ns/net")),
+                (CloneFlags::CLONE_NEWUTS, PathBuf::from("/proc/7/ns/uts")),
+            ]
+        );
+    }
+
+    #[test]
+    fn joining_a_mount_or_user_namespace_is_refused_naming_it() {
+        for (typ, shown) in [("mount", "mnt"), ("user", "user")] {
+            let s = spec(
+                serde_json::json!({"ociVersion": "1.0.2", "linux": {"namespaces": [
+                {"type": "mount"}, {"type": typ, "path": "/proc/7/ns/x"}]}}),
+            );
+            let err = namespaces(&s).unwrap_err().to_string();
+            assert!(err.contains("/proc/7/ns/x") && err.contains(shown), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_path_that_is_not_the_namespace_named_is_refused() {
+        let err = open_joins(&[(CloneFlags::CLONE_NEWNET, PathBuf::from("/proc/self/ns/uts"))])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/proc/self/ns/uts"), "{err}");
         assert!(
-            err.contains("/run/netns/x") && err.contains("net namespace"),
-            "{err}"
+            open_joins(&[(CloneFlags::CLONE_NEWUTS, PathBuf::from("/proc/self/ns/uts"))]).is_ok()
         );
     }
 

@@ -1,5 +1,5 @@
 //! OCI containers in the guest: one file per request (create, start, exec, ps, signal,
-//! remove), the registry they share, and the launcher of setup processes.
+//! remove, stats), the registry they share, and the launcher of setup processes.
 //!
 //! A container is a root disk mounted under `<containers dir>/<id>/rootfs`, a cgroup,
 //! and a process the agent forked into new namespaces (see [`crate::setup`]). Its
@@ -13,6 +13,7 @@ pub mod ps;
 pub mod remove;
 pub mod signal;
 pub mod start;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -39,6 +39,9 @@ pub enum Job {
         /// Move the root and chroot instead of pivot_root.
         #[serde(default)]
         no_pivot: bool,
+        /// Namespaces to join (a pod's), inherited descriptors; joined first.
+        #[serde(default)]
+        join: Vec<NamespaceFd>,
     },
     /// Run `process` in the container's namespaces; no wait for a start.
     Exec {

@@ -107,7 +107,9 @@ fn run(channel: &mut Channel) -> anyhow::Result<Infallible> {
             new_cgroup_namespace,
             new_network_namespace,
             no_pivot,
+            join,
         } => {
+            join_namespaces(join)?;
             let process = spec
                 .process()
                 .as_ref()

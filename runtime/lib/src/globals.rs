@@ -4,6 +4,8 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use anyhow::{bail, Context, Result};
+
 use crate::logging::LogConfig;
 
 /// Where container state lives unless `--root` says otherwise.
@@ -40,4 +42,22 @@ impl Globals {
         }
         args
     }
+}
+
+/// The `husk` binary, which runs the helper processes (`husk sandbox`, `husk
+/// exec-child`) whichever program asked for them: this process itself when it is `husk`,
+/// else the `husk` installed beside it (the containerd shim is installed next to it).
+pub fn husk_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this program's path")?;
+    if exe.file_name().is_some_and(|n| n == "husk") {
+        return Ok(exe);
+    }
+    let beside = exe.with_file_name("husk");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    bail!(
+        "the husk binary is not installed beside {} (install both from the same build)",
+        exe.display()
+    )
 }

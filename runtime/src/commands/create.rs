@@ -17,6 +17,7 @@ pub fn run(g: &Globals, args: Create) -> Result<i32> {
             console_socket: args.console_socket.as_deref(),
             preserve_fds: args.preserve_fds,
             foreground: false,
+            stdio: None,
         },
     )?;
     Ok(0)

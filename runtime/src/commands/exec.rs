@@ -57,7 +57,7 @@ pub fn run(g: &Globals, args: Exec) -> Result<i32> {
         terminal,
     };
     if args.detach {
-        let pid = spawn_detached(g, &plan)?;
+        let pid = spawn_detached(g, &plan, None)?;
         if let Some(p) = &args.pid_file {
             write_pid_file(p, pid)?;
         }

@@ -27,6 +27,7 @@ pub fn run(g: &Globals, args: Run) -> Result<i32> {
             console_socket: args.console_socket.as_deref(),
             preserve_fds: args.preserve_fds,
             foreground: !args.detach,
+            stdio: None,
         },
     )?;
     let started = dir.load().and_then(|mut rec| start(&dir, &mut rec));

@@ -41,6 +41,9 @@ pub struct CreateOptions<'a> {
     pub preserve_fds: i32,
     /// `run` in the foreground: a terminal may use husk's own stdio.
     pub foreground: bool,
+    /// The container's stdin, stdout and stderr, if not this process's own (the shim
+    /// passes containerd's fifos; without a terminal they are the container's stdio).
+    pub stdio: Option<[OwnedFd; 3]>,
 }
 
 /// A created container: its sandbox process (a child of this process) and its lock.
@@ -184,8 +187,7 @@ fn spawn_sandbox(
     let (read, write): (OwnedFd, OwnedFd) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).context("creating the readiness pipe")?;
     let write_fd = write.as_raw_fd();
-    let exe = std::env::current_exe().context("finding the husk binary")?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(crate::globals::husk_binary()?);
     cmd.args(g.to_args())
         .arg("sandbox")
         .arg("--id")
@@ -194,6 +196,11 @@ fn spawn_sandbox(
         .arg(&bundle.dir)
         .arg("--ready-fd")
         .arg(write_fd.to_string());
+    if let Some([stdin, stdout, stderr]) = &opts.stdio {
+        cmd.stdin(stdin.try_clone()?)
+            .stdout(stdout.try_clone()?)
+            .stderr(stderr.try_clone()?);
+    }
     if let Some(s) = opts.console_socket {
         cmd.arg("--console-socket").arg(absolute(s)?);
     } else if terminal {

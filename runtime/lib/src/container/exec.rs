@@ -69,11 +69,15 @@ pub struct ExecChildArgs {
 }
 
 /// Starts `husk exec-child` with `plan`; returns its pid once the process has started.
-pub fn spawn_detached(g: &Globals, plan: &ExecPlan) -> Result<i32> {
+/// `stdio` replaces this process's stdin, stdout and stderr as the child's.
+pub fn spawn_detached(g: &Globals, plan: &ExecPlan, stdio: Option<[OwnedFd; 3]>) -> Result<i32> {
     let (plan_read, plan_write): (OwnedFd, OwnedFd) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (ready_read, ready_write): (OwnedFd, OwnedFd) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (plan_fd, ready_fd) = (plan_read.as_raw_fd(), ready_write.as_raw_fd());
-    let mut cmd = Command::new(std::env::current_exe().context("finding the husk binary")?);
+    let mut cmd = Command::new(crate::globals::husk_binary()?);
+    if let Some([stdin, stdout, stderr]) = stdio {
+        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
+    }
     cmd.args(g.to_args())
         .arg("exec-child")
         .arg("--plan-fd")
