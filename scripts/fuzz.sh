@@ -3,9 +3,10 @@
 #
 #   scripts/fuzz.sh [--time SECONDS] [--jobs N] [--sanitizer address|none] [TARGET...]
 #
-# Targets: virtio_fs (FUSE requests in arbitrary descriptor chains), virtio_net (the
-# network device driven by an arbitrary guest: descriptor tables, rings, buffers, features,
-# frames from the tap); all by default, 60 s each, under
+# Targets: mmio, blk, vsock, virtio_fs, virtio_net (device models driven through guest
+# memory: descriptor tables, rings, buffers, features, FUSE requests, frames from the tap),
+# protocol_agent, protocol_host (the agent protocol, both sides); all by default, 60 s
+# each, under
 # AddressSanitizer (`--sanitizer none` builds faster: CI's smoke run uses it). The stored
 # corpus fuzz/corpus/TARGET seeds each run; what the fuzzer finds goes to
 # target/husk-fuzz/corpus/TARGET (not the repo). A crash leaves its input in
@@ -19,14 +20,14 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
-all=(virtio_fs virtio_net)
+all=(mmio blk vsock virtio_fs virtio_net protocol_agent protocol_host)
 time=60 jobs=1 sanitizer=address targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --time) time=${2:?--time needs seconds}; shift 2 ;;
         --jobs) jobs=${2:?--jobs needs a number}; shift 2 ;;
         --sanitizer) sanitizer=${2:?--sanitizer needs address or none}; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         -*) echo "fuzz: unknown option $1" >&2; exit 2 ;;
         *) targets+=("$1"); shift ;;
     esac

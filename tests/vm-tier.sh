@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Runs husk's VM tier: real guest kernel, real agent, real KVM.
 #
-#   tests/vm-tier.sh [--core | --storage | --clients] [cargo test filter and flags...]
+#   tests/vm-tier.sh [--core | --storage | --hardening | --clients] [cargo test filter and flags...]
 #
-# Three suites: tests/tests/vm_tier.rs (the microVM core through `husk vm run` and
+# Four suites: tests/tests/vm_tier.rs (the microVM core through `husk vm run` and
 # `husk run`), tests/tests/storage.rs (volumes over virtio-fs, escape attempts, the root
-# from cached layer images) and tests/tests/clients.rs (containerd, podman and dockerd
-# driving the runtime under test: husk, or HUSK_CLIENT_RUNTIME, e.g. /usr/sbin/runc to
-# check the harness, with a locally built busybox image). All by default; --core,
-# --storage or --clients picks one.
+# from cached layer images), tests/tests/hardening.rs (the sandbox's confinement, a
+# hostile guest, conformance fixes) and tests/tests/clients.rs (containerd, podman and
+# dockerd driving the runtime under test: husk, or HUSK_CLIENT_RUNTIME, e.g.
+# /usr/sbin/runc to check the harness, with a locally built busybox image). All by
+# default; --core, --storage, --hardening or --clients picks one.
 #
 # Builds everything the tier needs (guest kernel, cached; static agent and initramfs; the
 # husk binary; a busybox test disk), then runs tests/tests/vm_tier.rs:
@@ -26,11 +27,12 @@ mkdir -p "$out"
 log() { echo "vm-tier: $*" >&2; }
 . scripts/common.sh
 
-suites=(vm_tier storage clients)
+suites=(vm_tier storage hardening clients)
 case "${1:-}" in
     --clients) suites=(clients); shift ;;
     --core) suites=(vm_tier); shift ;;
     --storage) suites=(storage); shift ;;
+    --hardening) suites=(hardening); shift ;;
 esac
 mode=${HUSK_VM_TIER_MODE:-}
 if [ -z "$mode" ]; then
@@ -46,7 +48,7 @@ log "building the guest kernel (cached), the agent, initramfs and husk"
 husk_build
 log "building the test binaries"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q -p husk-tests \
-    --bin husk-vsock-peer --bin husk-fs-probe --target x86_64-unknown-linux-gnu
+    --bin husk-vsock-peer --bin husk-fs-probe --bin husk-hostile --target x86_64-unknown-linux-gnu
 testbins=()
 for suite in "${suites[@]}"; do
     bin=$(cargo test --release -q -p husk-tests --test "$suite" --no-run --message-format=json 2>/dev/null |
@@ -68,6 +70,7 @@ fi
 log "building the busybox test disk"
 husk_busybox_image "$out" target/x86_64-unknown-linux-gnu/release/husk-vsock-peer \
     target/x86_64-unknown-linux-gnu/release/husk-fs-probe >/dev/null
+    target/x86_64-unknown-linux-gnu/release/husk-hostile >/dev/null
 
 export HUSK_BIN=$repo/target/release/husk HUSK_TEST_ROOTFS=$out/busybox.img \
     HUSK_TEST_ROOTFS_DIR=$out/rootfs

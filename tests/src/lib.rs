@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 pub mod net;
+pub mod soak;
 
 /// Paths the VM tier runs with.
 pub struct VmTier {
@@ -83,12 +84,10 @@ impl VmTier {
         assert!(cp.status.success(), "{}", show(&cp));
         let o = output(Command::new(&self.husk).arg("spec").current_dir(&bundle));
         assert!(o.status.success(), "{}", show(&o));
-        let path = bundle.join("config.json");
-        let mut spec: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let mut spec = read_config(&bundle);
         spec["process"]["args"] = serde_json::json!(args);
         spec["process"]["terminal"] = serde_json::json!(false);
-        std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+        write_config(&bundle, &spec);
         bundle
     }
 
@@ -105,6 +104,35 @@ impl VmTier {
         std::fs::copy(&self.rootfs, &p).expect("copying the test rootfs");
         p
     }
+}
+
+/// A bundle's config.json.
+pub fn read_config(bundle: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap()
+}
+
+/// Writes a bundle's config.json.
+pub fn write_config(bundle: &Path, spec: &serde_json::Value) {
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(spec).unwrap(),
+    )
+    .unwrap();
+}
+
+/// No state directory under `root` and no process (sandbox) with `id` in its arguments.
+pub fn assert_nothing_left(root: &Path, id: &str) {
+    let left: Vec<_> = std::fs::read_dir(root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "state left behind: {left:?}");
+    // The default host cgroup (`/<id>`, cgroup v2 in the test host).
+    let cgroup = Path::new("/sys/fs/cgroup").join(id);
+    assert!(!cgroup.exists(), "{} left behind", cgroup.display());
+    assert!(
+        !process_with_arg_exists(id),
+        "a process of {id} was left behind"
+    );
 }
 
 /// Runs `cmd` and returns its output; panics with context if it could not start.
@@ -130,6 +158,53 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
     let _ = child.kill();
     let _ = child.wait();
     None
+}
+
+/// [`output_within`], but a run that had to be killed comes back as an error holding what
+/// each of the process's threads was doing (name, state, kernel wait channel, system
+/// call, kernel stack), read just before the kill: a hang must say where it hung.
+pub fn output_within_or_dump(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running husk");
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if child.try_wait().expect("waiting for husk").is_some() {
+            return Ok(child.wait_with_output().expect("collecting husk's output"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = child.id();
+    let mut dump = format!("pid {pid} did not finish within {limit:?}; its threads:\n");
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let t = task.path();
+        let state = read(t.join("stat"))
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_default();
+        dump.push_str(&format!(
+            "  {} {} state {state} wchan {} syscall {}\n{}",
+            task.file_name().to_string_lossy(),
+            read(t.join("comm")).trim(),
+            read(t.join("wchan")).trim(),
+            read(t.join("syscall")).trim(),
+            read(t.join("stack"))
+                .lines()
+                .map(|l| format!("      {l}\n"))
+                .collect::<String>()
+        ));
+    }
+    let _ = child.kill();
+    let o = child.wait_with_output().expect("collecting husk's output");
+    Err(format!("{dump}{}", show(&o)))
 }
 
 /// Formats an output for assertion messages.
@@ -199,18 +274,6 @@ pub fn edit_spec(bundle: &Path, f: impl FnOnce(&mut serde_json::Value)) {
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     f(&mut spec);
     std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
-}
-
-/// No state directory under `root` and no process (sandbox) with `id` in its arguments.
-pub fn assert_nothing_left(root: &Path, id: &str) {
-    let left: Vec<_> = std::fs::read_dir(root)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "state left behind: {left:?}");
-    assert!(
-        !process_with_arg_exists(id),
-        "a process of {id} was left behind"
-    );
 }
 
 /// Whether any process other than us has `needle` in its command line.

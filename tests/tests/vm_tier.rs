@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use husk_tests::{
-    assert_nothing_left, output, output_within, process_with_arg_exists, pseudo_random, sha256_hex,
-    show, vsock_connect_retry, VmTier,
+    assert_nothing_left, output, output_within, output_within_or_dump, process_with_arg_exists,
+    pseudo_random, sha256_hex, show, vsock_connect_retry, VmTier,
 };
 
 const MIB64: usize = 64 << 20;
@@ -301,7 +301,11 @@ fn twenty_boots_in_a_row_succeed() {
     let ro = format!("{}:ro", img.display());
     let run_dir = tempfile::tempdir().unwrap();
     for i in 0..20 {
-        let o = output(t.vm_run(run_dir.path()).args(["--disk", &ro, "--", "true"]));
+        let run = output_within_or_dump(
+            t.vm_run(run_dir.path()).args(["--disk", &ro, "--", "true"]),
+            Duration::from_secs(300),
+        );
+        let o = run.unwrap_or_else(|dump| panic!("boot {i} hung: {dump}"));
         assert_eq!(o.status.code(), Some(0), "boot {i}: {}", show(&o));
     }
     assert_eq!(
@@ -405,10 +409,10 @@ fn husk_oci(t: &VmTier, root: &Path) -> Command {
 #[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
 fn oci_run_in_a_microvm_returns_the_exit_status_and_leaves_nothing() {
     let (t, tmp) = tier();
-    let bundle = oci_bundle(&t, tmp.path(), &["sh", "-c", "uname -r; exit 3"]);
+    let bundle = t.oci_bundle(tmp.path(), &["sh", "-c", "uname -r; exit 3"]);
     let root = tmp.path().join("state");
     let o = output(
-        husk_oci(&t, &root)
+        t.husk_oci(&root)
             .args(["run", "--bundle"])
             .arg(&bundle)
             .arg("oci-run"),
@@ -420,17 +424,17 @@ fn oci_run_in_a_microvm_returns_the_exit_status_and_leaves_nothing() {
         "{}",
         show(&o)
     );
-    assert_nothing_left(&root, "oci-run");
+    husk_tests::assert_nothing_left(&root, "oci-run");
 }
 
 #[test]
 #[ignore = "VM tier: needs a KVM that boots Linux; run tests/vm-tier.sh"]
 fn oci_create_with_a_missing_program_fails_clearly_and_leaves_nothing() {
     let (t, tmp) = tier();
-    let bundle = oci_bundle(&t, tmp.path(), &["/no/such/program"]);
+    let bundle = t.oci_bundle(tmp.path(), &["/no/such/program"]);
     let root = tmp.path().join("state");
     let o = output(
-        husk_oci(&t, &root)
+        t.husk_oci(&root)
             .args(["create", "--bundle"])
             .arg(&bundle)
             .arg("oci-bad"),
@@ -448,8 +452,8 @@ fn oci_create_with_a_missing_program_fails_clearly_and_leaves_nothing() {
         "one clear line: {}",
         show(&o)
     );
-    assert_nothing_left(&root, "oci-bad");
-    let o = output(husk_oci(&t, &root).args(["state", "oci-bad"]));
+    husk_tests::assert_nothing_left(&root, "oci-bad");
+    let o = output(t.husk_oci(&root).args(["state", "oci-bad"]));
     assert_eq!(
         o.status.code(),
         Some(1),

@@ -530,12 +530,18 @@ pub enum ExitStatus {
     Signal(i32),
 }
 
+/// Highest signal number Linux has (SIGRTMAX).
+pub const MAX_SIGNAL: i32 = 64;
+
 impl ExitStatus {
-    /// The status as a shell reports it: the code, or 128 + the signal number.
+    /// The status as a shell reports it: the code, or 128 + the signal number. The guest
+    /// reports it, so it is checked: a code outside 0-255 or a signal that does not exist
+    /// becomes 255.
     pub fn shell_code(self) -> i32 {
         match self {
-            ExitStatus::Code(c) => c,
-            ExitStatus::Signal(s) => 128 + s,
+            ExitStatus::Code(c) if (0..=255).contains(&c) => c,
+            ExitStatus::Signal(s) if (1..=MAX_SIGNAL).contains(&s) => 128 + s,
+            _ => 255,
         }
     }
 }
@@ -551,6 +557,9 @@ pub fn check_version(peer: u32) -> Result<()> {
         })
     }
 }
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 
 #[cfg(test)]
 mod tests {
@@ -684,6 +693,22 @@ mod tests {
     fn exit_status_maps_signals_to_128_plus_n() {
         assert_eq!(ExitStatus::Code(3).shell_code(), 3);
         assert_eq!(ExitStatus::Signal(9).shell_code(), 137);
+    }
+
+    #[test]
+    fn guest_chosen_exit_statuses_out_of_range_become_255() {
+        for bad in [
+            ExitStatus::Signal(i32::MAX),
+            ExitStatus::Signal(0),
+            ExitStatus::Signal(-5),
+            ExitStatus::Signal(65),
+            ExitStatus::Code(256),
+            ExitStatus::Code(-1),
+            ExitStatus::Code(i32::MIN),
+        ] {
+            assert_eq!(bad.shell_code(), 255, "{bad:?}");
+        }
+        assert_eq!(ExitStatus::Signal(64).shell_code(), 192);
     }
 
     #[test]

@@ -147,6 +147,11 @@ impl Bundle {
             .unwrap_or(false)
     }
 
+    /// `hostname`.
+    pub fn hostname(&self) -> Option<&str> {
+        self.spec.hostname().as_deref()
+    }
+
     /// `process.terminal`.
     pub fn terminal(&self) -> bool {
         self.spec

@@ -324,7 +324,7 @@ impl TaskService {
                 c.globals.clone(),
                 ExecPlan {
                     container_id: id.to_owned(),
-                    state_dir: c.dir.path().to_owned(),
+                    sandbox_dir: c.dir.jail(),
                     agent,
                     process: p.spec.clone().unwrap_or_default(),
                     console_socket: None,

@@ -60,10 +60,12 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// Log file for the guest's serial console; no console at all when `None`.
     pub serial_log: Option<PathBuf>,
+    /// Run each VM thread under its role's seccomp filter ([`crate::seccomp`]).
+    pub seccomp: bool,
 }
 
 impl VmConfig {
-    /// A config with 1 vCPU, 128 MiB, no devices.
+    /// A config with 1 vCPU, 128 MiB, no devices, seccomp filters on.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         Self {
             kernel: kernel.into(),
@@ -76,6 +78,7 @@ impl VmConfig {
             fs: None,
             nets: Vec::new(),
             serial_log: None,
+            seccomp: true,
         }
     }
 }

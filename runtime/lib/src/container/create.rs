@@ -26,6 +26,7 @@ use crate::globals::Globals;
 use crate::hooks::{self, Phase};
 use crate::network::{self, NetnsRecord, NetnsSpec, NetworkPlan, NetworkRecord};
 use crate::procfs;
+use crate::sandbox::cgroup::CgroupPlace;
 use crate::sandbox::Readiness;
 use crate::state::{ContainerDir, ContainerLock, ContainerRecord, Status};
 
@@ -66,11 +67,6 @@ pub fn create(g: &Globals, opts: &CreateOptions<'_>) -> Result<Created> {
     if opts.preserve_fds > 0 {
         bail!("--preserve-fds is not supported: descriptors cannot be passed into a microVM");
     }
-    if g.systemd_cgroup {
-        tracing::debug!(
-            "--systemd-cgroup ignored: the microVM is the container's resource boundary"
-        );
-    }
     let bundle = Bundle::load(opts.bundle)?;
     let netns = network::netns_spec(&bundle.spec)?;
     let join = match &netns {
@@ -100,11 +96,18 @@ pub fn create(g: &Globals, opts: &CreateOptions<'_>) -> Result<Created> {
         }
         Err(e) => return Err(e).with_context(|| format!("creating {}", dir.path().display())),
     }
-    let mut guard = RemoveOnFailure(Some(dir.clone()));
+    let mut guard = RemoveOnFailure(Some((dir.clone(), None)));
     let lock = dir.lock()?;
     let mut rec = ContainerRecord::new(opts.id, &bundle.dir, &bundle.rootfs, bundle.annotations());
+    // The sandbox of a microVM joins the container's host cgroup (the test-only process
+    // backend's agent manages cgroups of its own on the host).
+    if crate::sandbox::backend::kind()? == crate::sandbox::backend::Kind::Vm {
+        let place = CgroupPlace::for_container(&bundle, opts.id, g.systemd_cgroup);
+        guard.0 = Some((dir.clone(), Some(place.clone())));
+        rec.husk.cgroup = Some(place);
+    }
     rec.save(&dir.state_file())?;
-    std::fs::write(dir.config_copy(), serde_json::to_vec(&bundle.raw)?)
+    crate::state::record::write_private(&dir.config_copy(), &serde_json::to_vec(&bundle.raw)?)
         .context("saving a copy of config.json")?;
 
     let globals = Globals {
@@ -212,12 +215,18 @@ fn prepare_network(
     Ok(())
 }
 
-/// Removes a half-created container's directory unless disarmed.
-struct RemoveOnFailure(Option<ContainerDir>);
+/// Removes a half-created container's directory and host cgroup unless disarmed (the
+/// sandbox is reaped by then).
+struct RemoveOnFailure(Option<(ContainerDir, Option<CgroupPlace>)>);
 
 impl Drop for RemoveOnFailure {
     fn drop(&mut self) {
-        if let Some(dir) = self.0.take() {
+        if let Some((dir, cgroup)) = self.0.take() {
+            if let Some(c) = cgroup {
+                if let Err(e) = c.remove(dir.id()) {
+                    tracing::warn!("{e:#}");
+                }
+            }
             let _ = dir.remove();
         }
     }

@@ -46,6 +46,9 @@ pub fn delete(dir: &ContainerDir, rec: &ContainerRecord, force: bool) -> Result<
             }
         }
     }
+    if let Some(cgroup) = &rec.husk.cgroup {
+        cgroup.remove(id)?;
+    }
     release(dir, rec, None);
     dir.remove()?;
     tracing::info!(id, "deleted");
@@ -64,7 +67,7 @@ pub fn release(dir: &ContainerDir, rec: &ContainerRecord, spec: Option<&Spec>) {
             }
         }
     }
-    crate::sandbox::process_backend::remove_leftovers(dir.path());
+    crate::sandbox::process_backend::remove_leftovers(&dir.jail());
     let saved;
     let spec = match spec {
         Some(s) => Some(s),

@@ -15,6 +15,9 @@
 //! unmounts the shares and exits.
 
 pub mod backend;
+pub mod cgroup;
+pub mod confine;
+pub mod jail;
 mod loopdev;
 pub mod process_backend;
 pub mod vm_backend;
@@ -22,7 +25,7 @@ pub mod vm_backend;
 use std::io::Write;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -42,7 +45,6 @@ use crate::globals::Globals;
 use crate::network::NetworkPlan;
 use crate::rootfs::RootLayers;
 use crate::shares::Shares;
-use crate::sockdir::SocketDir;
 use crate::state::{ContainerDir, Status};
 use crate::stdio::{window_size, IoMode, ProcessIo, Relays, StdioListener};
 use backend::{Backend, GuestDisk, GuestSpec, NetDevice};
@@ -51,6 +53,9 @@ use backend::{Backend, GuestDisk, GuestSpec, NetDevice};
 const CONTAINER_STDIO_PORT: u32 = 2000;
 /// How long output may keep flowing after the container's process has exited.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// After `kill KILL`, how long the guest has to end the container before the host ends
+/// the VM itself: SIGKILL must not depend on a guest that obeys.
+pub const KILL_GRACE: Duration = Duration::from_secs(3);
 
 /// Options of the hidden `husk sandbox` command (only `create` runs it).
 #[derive(Args, Debug)]
@@ -109,7 +114,8 @@ pub fn main(globals: &Globals, args: SandboxArgs) -> i32 {
     let _ = std::env::set_current_dir("/");
     let span = tracing::info_span!("sandbox", id = %args.id);
     let _entered = span.enter();
-    let sandbox = match Sandbox::setup(globals, &args, &ready) {
+    let sandbox = match confine::set_rlimits().and_then(|()| Sandbox::setup(globals, &args, &ready))
+    {
         Ok(s) => s,
         Err(e) => {
             let message = crate::logging::one_line(&format!("{e:#}"));
@@ -148,6 +154,11 @@ struct Shared {
     ended: Mutex<Sender<Ended>>,
     /// The host terminal whose size the guest's terminal follows.
     size_fd: Option<OwnedFd>,
+    /// Control requests being handled.
+    control_busy: Arc<control::Busy>,
+    /// Started with `HUSK_TEST_SECCOMP_VIOLATION=1`: honour
+    /// [`ControlRequest::TestSeccompViolation`].
+    test_violation: bool,
 }
 
 struct Sandbox {
@@ -155,9 +166,8 @@ struct Sandbox {
     io: ProcessIo,
     relays: Relays,
     ended: Receiver<Ended>,
-    _sockets: SocketDir,
-    _stdio: StdioListener,
-    /// Unmounted after the VM is gone.
+    /// The shares, in the jail: unmounted after the VM is gone (or with the sandbox's
+    /// mount namespace, once it is confined).
     shares: Shares,
     /// Held (open and locked) while the VM reads them.
     _root: RootLayers,
@@ -176,7 +186,20 @@ impl Sandbox {
     fn setup(globals: &Globals, args: &SandboxArgs, create: &UnixStream) -> Result<Self> {
         let dir = ContainerDir::new(&globals.root, &args.id)?;
         let bundle = Bundle::load(&args.bundle)?;
-        let sockets = SocketDir::open(dir.path())?;
+        let kind = backend::kind()?;
+        confine::record_violations_in(&globals.log)?;
+        if kind == backend::Kind::Vm {
+            // Before guest memory exists, so that all of it is charged there; before the
+            // cgroup namespace, whose root this cgroup becomes.
+            cgroup::CgroupPlace::for_container(&bundle, &args.id, globals.systemd_cgroup)
+                .join(&args.id, &bundle)?;
+        }
+        // Still single-threaded: namespaces apply to every thread to come. The process
+        // backend's agent manages cgroups of the host's and keeps the host's cgroup view.
+        confine::enter_namespaces(kind == backend::Kind::Vm, bundle.hostname())?;
+        // From here on the working directory is the jail, and what the sandbox makes there
+        // is named relative to it (the names stay valid once it is the root).
+        let jail = jail::Jail::prepare(&dir.jail())?;
         let mode = match (&args.console_socket, args.own_terminal) {
             (Some(s), _) => IoMode::ConsoleSocket(s.clone()),
             (None, true) => IoMode::OwnTerminal,
@@ -186,8 +209,10 @@ impl Sandbox {
         io.release_caller_stdio()?;
 
         let started = Instant::now();
-        let shares = Shares::setup(
-            dir.path(),
+        // In the jail: its mount namespace keeps them once it is the root (the old root
+        // goes, and with it every path out of the jail).
+        let mut shares = Shares::setup(
+            jail.dir(),
             &bundle
                 .shares
                 .iter()
@@ -233,8 +258,8 @@ impl Sandbox {
             });
         }
         let backend = backend::start(&GuestSpec {
-            dir: dir.path().to_owned(),
-            sockets: &sockets,
+            dir: jail.dir().to_owned(),
+            jail: &jail,
             disks,
             shared_dir: Some(shares.shared_dir()),
             memory_mib: bundle.memory_mib(),
@@ -242,12 +267,20 @@ impl Sandbox {
             debug: globals.log.debug,
             nets,
         })?;
-        let endpoint = AgentEndpoint::open(&backend.agent_address())?;
+        if backend.confined().is_some() {
+            // Jailed: the shares' mounts are the sandbox's own mount namespace's, gone
+            // with it; the paths to unmount them by are out of reach.
+            shares.leave_to_namespace();
+        }
+        // The guest runs (its VM threads under their own filters): from here on this thread
+        // and every thread it starts is the control role.
+        confine::install_control_filter(&backend.seccomp_extra())?;
+        let endpoint = AgentEndpoint::open(&backend.agent_address().in_dir(Path::new(".")))?;
         let deadline = Instant::now() + seconds_from_env("HUSK_BOOT_TIMEOUT", 120);
         let hint = if globals.log.debug {
             format!(
                 "; the guest's console is in {}",
-                dir.path().join("console.log").display()
+                jail.dir().join(ContainerDir::CONSOLE_LOG).display()
             )
         } else {
             "; run with --debug to keep the guest's console log".into()
@@ -260,7 +293,7 @@ impl Sandbox {
         let agent = AgentMux::new(client)?;
 
         let stdio = StdioListener::bind(&endpoint.stdio_prefix(), CONTAINER_STDIO_PORT)?;
-        let control = UnixListener::bind(sockets.socket(ContainerDir::CONTROL_SOCKET))
+        let control = UnixListener::bind(ContainerDir::CONTROL_SOCKET)
             .context("listening on the control socket")?;
 
         let shared_dir = backend
@@ -311,6 +344,9 @@ impl Sandbox {
             )?;
             expect_ok(resp, "configuring the container's network in the guest")?;
         }
+        // The container's streams are connected: nothing else may connect to its stdio
+        // port (a guest could otherwise open connections there without end).
+        drop(stdio);
         let relays = io.relay(streams)?;
 
         let (ended_tx, ended) = mpsc::channel();
@@ -321,6 +357,9 @@ impl Sandbox {
             backend,
             ended: Mutex::new(ended_tx.clone()),
             size_fd: io.size_fd(),
+            control_busy: Arc::default(),
+            test_violation: std::env::var_os("HUSK_TEST_SECCOMP_VIOLATION")
+                .is_some_and(|v| v == "1"),
         });
         if io.terminal() {
             if let Some((rows, cols)) = io.window_size() {
@@ -343,12 +382,14 @@ impl Sandbox {
                 let _ = ended_tx.send(ended);
             })?;
         let handler_shared = shared.clone();
+        let busy = shared.control_busy.clone();
         std::thread::Builder::new()
             .name("control-server".into())
             .spawn(move || {
                 control::serve(
                     control,
                     Arc::new(move |r, fds| handler_shared.handle(r, fds)),
+                    busy,
                 )
             })?;
         Ok(Self {
@@ -356,8 +397,6 @@ impl Sandbox {
             io,
             relays,
             ended,
-            _sockets: sockets,
-            _stdio: stdio,
             shares,
             _root: root,
         })
@@ -406,6 +445,8 @@ impl Sandbox {
                 255
             }
         };
+        // A `kill` may be waiting for the end it caused: answer it before exiting.
+        self.shared.control_busy.wait_idle(Duration::from_secs(5));
         self.shared.backend.teardown();
         self.shared.agent.close();
         if let Err(e) = self.shares.teardown() {
@@ -470,6 +511,31 @@ impl Shared {
                 signal: sig as i32,
                 all: false,
             });
+        }
+    }
+
+    /// Ends the VM under the container, which then counts as killed by SIGKILL.
+    fn kill_vm(&self) {
+        // The reason goes first: the main loop must not see the VM end without it.
+        let _ = self
+            .ended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(Ended::Killed(128 + Signal::SIGKILL as i32));
+        self.backend.stop();
+    }
+
+    /// Waits up to `timeout` for the container to be recorded stopped.
+    fn wait_stopped(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if *self.status.lock().unwrap_or_else(PoisonError::into_inner) == Status::Stopped {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -551,6 +617,9 @@ impl Shared {
                     Status::Stopped => bail!("cannot start container {id:?}: it has stopped"),
                     other => bail!("cannot start container {id:?}: it is already {other}"),
                 }
+                // Not held across the round trip: `state` and `kill` must keep answering
+                // while a slow (or hostile) guest takes its time.
+                drop(status);
                 if let Some(state) = hook_state {
                     let resp = self.agent.call_timeout(
                         Request::RunStartHooks {
@@ -577,7 +646,10 @@ impl Shared {
                     Duration::from_secs(60),
                 )?;
                 expect_ok(resp, "starting the container in the guest")?;
-                *status = Status::Running;
+                let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+                if *status == Status::Created {
+                    *status = Status::Running;
+                }
                 Ok(ControlResponse::Ok)
             }
             ControlRequest::Kill { signal, all } => {
@@ -593,15 +665,23 @@ impl Shared {
                     Status::Paused if signal == Signal::SIGKILL as i32 => {
                         // A frozen guest cannot act on it; ending the VM has the same
                         // effect and cannot be ignored either.
-                        self.backend.stop();
-                        let _ = self
-                            .ended
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .send(Ended::Killed(128 + signal));
+                        self.kill_vm();
                     }
                     // Delivered when the guest is thawed, as with a frozen cgroup.
                     Status::Paused => self.agent.post(req)?,
+                    Status::Created | Status::Running if signal == Signal::SIGKILL as i32 => {
+                        drop(status);
+                        // The guest is asked, but not relied on.
+                        if let Err(e) = self.agent.post(req) {
+                            tracing::warn!("asking the guest to kill the container: {e:#}");
+                        }
+                        if !self.wait_stopped(KILL_GRACE) {
+                            tracing::warn!(
+                                "the guest did not end the container within {KILL_GRACE:?} of SIGKILL; ending the VM"
+                            );
+                            self.kill_vm();
+                        }
+                    }
                     Status::Created | Status::Running => {
                         drop(status);
                         let resp = self.agent.call_timeout(req, Duration::from_secs(10))?;
@@ -625,6 +705,14 @@ impl Shared {
                 self.backend.resume()?;
                 *status = Status::Running;
                 Ok(ControlResponse::Ok)
+            }
+            ControlRequest::TestSeccompViolation => {
+                if !self.test_violation {
+                    bail!("not a test sandbox");
+                }
+                drop(status);
+                husk_vmm::seccomp::trigger_violation();
+                bail!("the forbidden system call was allowed: the sandbox is not confined")
             }
             ControlRequest::WatchExec { exec_id, pid } => {
                 drop(status);

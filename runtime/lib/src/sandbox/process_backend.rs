@@ -238,6 +238,22 @@ impl Backend for ProcessBackend {
     fn name(&self) -> &'static str {
         "process"
     }
+
+    /// Stopping, freezing and thawing the agent's processes (found through /proc),
+    /// reaping them, and removing their cgroup directory.
+    fn seccomp_extra(&self) -> husk_vmm::seccomp::Allowlist {
+        let mut l = husk_vmm::seccomp::Allowlist::new();
+        l.allow(&[
+            libc::SYS_kill,
+            libc::SYS_wait4,
+            libc::SYS_waitid,
+            libc::SYS_openat,
+            libc::SYS_getdents64,
+            libc::SYS_rmdir,
+            libc::SYS_unlinkat,
+        ]);
+        l
+    }
 }
 
 impl Drop for ProcessBackend {
