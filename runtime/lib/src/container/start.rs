@@ -83,7 +83,7 @@ fn attach_late_interfaces(dir: &ContainerDir, rec: &mut ContainerRecord) -> Resu
     rec.save(&dir.state_file())?;
     let fds: Vec<i32> = plumbed.taps.iter().map(|t| t.as_raw_fd()).collect();
     control::request_with_fds(
-        dir.path(),
+        &dir.jail(),
         ControlRequest::AttachNetwork {
             interfaces: plumbed.interfaces,
         },
