@@ -38,12 +38,33 @@ fn setrlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> std::
     Ok(())
 }
 
+/// Fewest descriptors the sandbox runs with (its connection caps and more).
+pub const MIN_NOFILE: u64 = 4096;
+
 /// Sets the sandbox's resource limits: [`NOFILE`] descriptors (soft and hard: raising the
-/// hard limit takes the privilege the sandbox has only now), and no core dumps (a core of
-/// the sandbox would hold guest memory).
+/// hard limit takes the privilege the sandbox has only now; where even root may not raise
+/// it, a container without CAP_SYS_RESOURCE, the hard limit it has, if at least
+/// [`MIN_NOFILE`]), and no core dumps (a core of the sandbox would hold guest memory).
 pub fn set_rlimits() -> Result<()> {
-    setrlimit(libc::RLIMIT_NOFILE, NOFILE, NOFILE)
-        .with_context(|| format!("setting the sandbox's descriptor limit to {NOFILE}"))?;
+    if let Err(e) = setrlimit(libc::RLIMIT_NOFILE, NOFILE, NOFILE) {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the one struct passed.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } < 0
+            || lim.rlim_max < MIN_NOFILE
+        {
+            return Err(e).with_context(|| {
+                format!(
+                    "setting the sandbox's descriptor limit to {NOFILE} (at least {MIN_NOFILE})"
+                )
+            });
+        }
+        setrlimit(libc::RLIMIT_NOFILE, lim.rlim_max, lim.rlim_max).with_context(|| {
+            format!("setting the sandbox's descriptor limit to {}", lim.rlim_max)
+        })?;
+    }
     setrlimit(libc::RLIMIT_CORE, 0, 0).context("disabling the sandbox's core dumps")?;
     Ok(())
 }
