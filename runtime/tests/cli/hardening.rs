@@ -191,7 +191,7 @@ fn state_config_and_image_are_private_whatever_the_umask() {
         .unwrap();
     assert!(status.success());
     let dir = env.root().join(&id);
-    for name in ["state.json", "config.json", "sandbox/rootfs.img", "sandbox"] {
+    for name in ["state.json", "config.json", "scratch.img", "sandbox"] {
         let mode = std::fs::metadata(dir.join(name))
             .unwrap()
             .permissions()

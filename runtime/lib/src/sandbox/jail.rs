@@ -119,6 +119,11 @@ impl Jail {
             return Err(std::io::Error::last_os_error()).context("clearing ambient capabilities");
         }
         let kept_uid = if keep_root_uid {
+            // SAFETY: setgroups with a null list of zero groups.
+            if unsafe { libc::setgroups(0, std::ptr::null()) } < 0 {
+                return Err(std::io::Error::last_os_error())
+                    .context("dropping supplementary groups");
+            }
             Some(format!(
                 "a device serves files as the guest's users (virtio-fs): uid 0 with only \
                  capabilities {keep:?}"

@@ -166,9 +166,8 @@ struct Sandbox {
     io: ProcessIo,
     relays: Relays,
     ended: Receiver<Ended>,
-    /// The shares, in the jail: unmounted after the VM is gone (or with the sandbox's
-    /// mount namespace, once it is confined).
-    shares: Shares,
+    /// The shares, in the jail: their mounts end with the sandbox's mount namespace.
+    _shares: Shares,
     /// Held (open and locked) while the VM reads them.
     _root: RootLayers,
 }
@@ -220,6 +219,10 @@ impl Sandbox {
                 .collect::<Vec<_>>(),
             Some(bundle.rootfs.as_path()),
         )?;
+        // The mounts are the sandbox's own mount namespace's and go with it: nothing to
+        // unmount at the end, when the control role's filter forbids it anyway (and a
+        // jailed sandbox no longer reaches them by path).
+        shares.leave_to_namespace();
         let root = crate::rootfs::prepare(&bundle.rootfs, dir.path())?;
         let mut disks: Vec<GuestDisk> = root
             .layers
@@ -267,11 +270,6 @@ impl Sandbox {
             debug: globals.log.debug,
             nets,
         })?;
-        if backend.confined().is_some() {
-            // Jailed: the shares' mounts are the sandbox's own mount namespace's, gone
-            // with it; the paths to unmount them by are out of reach.
-            shares.leave_to_namespace();
-        }
         // The guest runs (its VM threads under their own filters): from here on this thread
         // and every thread it starts is the control role.
         confine::install_control_filter(&backend.seccomp_extra())?;
@@ -397,7 +395,7 @@ impl Sandbox {
             io,
             relays,
             ended,
-            shares,
+            _shares: shares,
             _root: root,
         })
     }
@@ -449,9 +447,6 @@ impl Sandbox {
         self.shared.control_busy.wait_idle(Duration::from_secs(5));
         self.shared.backend.teardown();
         self.shared.agent.close();
-        if let Err(e) = self.shares.teardown() {
-            tracing::error!("unmounting the shares: {e:#}");
-        }
         self.io.restore();
         code
     }
