@@ -48,7 +48,7 @@ fn bundle(dir: &Path) {
                     "env": ["PATH=/bin"]},
         "root": {"path": "rootfs"},
         "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"},
-                                 {"type": "uts"}]}
+                                 {"type": "uts"}, {"type": "network"}]}
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
 }
