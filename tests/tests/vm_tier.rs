@@ -515,6 +515,8 @@ fn oci_container_gets_its_namespaces_interface_and_moves_1_mib_both_ways() {
         sha256sum /www/up; exec httpd -f -p 8082 -h /www";
     let bundle = oci_bundle(&t, tmp.path(), &["sh", "-c", script]);
     with_netns_path(&bundle, &ns.path());
+    // The script writes to its root (`husk spec` makes it read-only).
+    husk_tests::edit_spec(&bundle, |s| s["root"]["readonly"] = false.into());
     let root = tmp.path().join("state");
     let out = tmp.path().join("out");
     let err = tmp.path().join("err");
