@@ -537,13 +537,11 @@ fn oci_container_gets_its_namespaces_interface_and_moves_1_mib_both_ways() {
         "http://10.123.0.2:8082/up",
         Duration::from_secs(120),
         || {
-            let small = output(Command::new("busybox").args([
-                "wget",
-                "-T",
-                "5",
-                "-O",
-                "-",
-                "http://10.123.0.2:8082/small",
+            let small = output(Command::new("sh").args([
+                "-c",
+                "ip route get 10.123.0.2; ip neigh; \
+                 timeout 5 busybox wget -O - http://10.123.0.2:8082/small; \
+                 grep Tcp /proc/net/snmp",
             ]));
             let inside = output(husk_oci(&t, &root).args([
                 "exec",
