@@ -92,9 +92,10 @@ pub fn fetch_or(url: &str, patience: Duration, diagnose: impl Fn() -> String) ->
     let deadline = Instant::now() + patience;
     let tmp = tempfile::NamedTempFile::new().unwrap();
     loop {
+        // Not wget's own -T: Debian 12's busybox-static 1.35 wget crashes (SIGSEGV) with it.
         let o = output(
-            Command::new("busybox")
-                .args(["wget", "-q", "-T", "10", "-O"])
+            Command::new("timeout")
+                .args(["10", "busybox", "wget", "-q", "-O"])
                 .arg(tmp.path())
                 .arg(url),
         );

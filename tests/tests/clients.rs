@@ -892,7 +892,9 @@ fn shim_v2_reports_stats_and_oom_kills() {
 
 /// A host directory for a client test, on the test host's tmpfs.
 fn host_dir(name: &str) -> PathBuf {
-    let d = state_dir("volumes").join(name);
+    // Fresh, without emptying its siblings (state_dir would empty "volumes").
+    let d = PathBuf::from("/run/husk-clients/volumes").join(name);
+    let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
 }

@@ -512,7 +512,7 @@ fn oci_container_gets_its_namespaces_interface_and_moves_1_mib_both_ways() {
         ping -c 2 -W 5 10.123.0.1; ip neigh; cat /proc/net/dev; \
         wget -q -O /tmp/down http://10.123.0.1:8081/down && sha256sum /tmp/down; \
         mkdir -p /www && dd if=/dev/urandom of=/www/up bs=1024 count=1024 2>/dev/null; \
-        sha256sum /www/up; exec httpd -f -p 8082 -h /www";
+        sha256sum /www/up; echo small > /www/small; exec httpd -f -p 8082 -h /www";
     let bundle = oci_bundle(&t, tmp.path(), &["sh", "-c", script]);
     with_netns_path(&bundle, &ns.path());
     // The script writes to its root (`husk spec` makes it read-only).
@@ -541,8 +541,23 @@ fn oci_container_gets_its_namespaces_interface_and_moves_1_mib_both_ways() {
         "http://10.123.0.2:8082/up",
         Duration::from_secs(120),
         || {
+            let small = output(Command::new("sh").args([
+                "-c",
+                "ip route get 10.123.0.2; ip neigh; \
+                 timeout 5 busybox wget -O - http://10.123.0.2:8082/small; \
+                 grep Tcp /proc/net/snmp",
+            ]));
+            let inside = output(husk_oci(&t, &root).args([
+                "exec",
+                "net1",
+                "sh",
+                "-c",
+                "cat /proc/net/dev /proc/net/snmp; netstat -tan",
+            ]));
             format!(
-                "container stdout: {}\nhusk: {}\nconsole: {}\nnamespace:\n{}\nhost:\n{}",
+                "small GET: {}\nin the container: {}\ncontainer stdout: {}\nhusk: {}\nconsole: {}\nnamespace:\n{}\nhost:\n{}",
+                show(&small),
+                show(&inside),
                 std::fs::read_to_string(&out).unwrap_or_default(),
                 std::fs::read_to_string(&err).unwrap_or_default(),
                 std::fs::read_to_string(root.join("net1/console.log")).unwrap_or_default(),

@@ -319,6 +319,16 @@ impl Net {
                 } else {
                     EventSet::IN
                 };
+                debug!(
+                    stalled = rx.stalled,
+                    rx_frames = NetStats::get(&stats.rx_frames),
+                    rx_dropped = NetStats::get(&stats.rx_dropped),
+                    tx_frames = NetStats::get(&stats.tx_frames),
+                    tx_dropped = NetStats::get(&stats.tx_dropped),
+                    pending = ?self.rx.pending_len(),
+                    stash = self.rx.stash_len(),
+                    "virtio-net: tap polling changes"
+                );
                 match active.events.modify(backend.as_raw_fd(), TAP_TOKEN, events) {
                     Ok(()) => self.rx.armed = !rx.stalled,
                     Err(e) => warn!("virtio-net: cannot change the tap's polling: {e}"),

@@ -39,6 +39,16 @@ pub struct RxState {
 }
 
 impl RxState {
+    /// The waiting frame's length, if one waits.
+    pub fn pending_len(&self) -> Option<usize> {
+        self.pending
+    }
+
+    /// Chains and bytes popped but not used.
+    pub fn stash_len(&self) -> String {
+        format!("{} chains, {} bytes", self.stash.len(), self.stash_bytes)
+    }
+
     pub fn new() -> Self {
         Self {
             buf: vec![0; RX_FRAME_MAX],
@@ -84,6 +94,11 @@ pub fn process(
             },
         };
         if !sanitize_header(&mut st.buf[..len], acked) {
+            debug!(
+                len,
+                header = ?&st.buf[..VNET_HDR_LEN.min(len)],
+                "virtio-net: dropping a tap frame the guest did not negotiate"
+            );
             NetStats::bump(&stats.rx_dropped);
             continue;
         }
@@ -91,6 +106,10 @@ pub fn process(
         if !fill_stash(active, st, need, len, &mut result.used, stats) {
             if !mergeable && !st.stash.is_empty() {
                 // The guest's next buffer is too small for this frame: it cannot take it.
+                debug!(
+                    len,
+                    "virtio-net: dropping a tap frame too big for the buffer"
+                );
                 NetStats::bump(&stats.rx_dropped);
                 continue;
             }
