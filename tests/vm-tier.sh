@@ -69,7 +69,7 @@ fi
 
 log "building the busybox test disk"
 husk_busybox_image "$out" target/x86_64-unknown-linux-gnu/release/husk-vsock-peer \
-    target/x86_64-unknown-linux-gnu/release/husk-fs-probe >/dev/null
+    target/x86_64-unknown-linux-gnu/release/husk-fs-probe \
     target/x86_64-unknown-linux-gnu/release/husk-hostile >/dev/null
 
 export HUSK_BIN=$repo/target/release/husk HUSK_TEST_ROOTFS=$out/busybox.img \
