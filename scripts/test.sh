@@ -13,4 +13,5 @@ cargo test --workspace -q
 echo "== fuzz smoke (scripts/fuzz.sh runs longer)"
 scripts/fuzz.sh --time 20 --sanitizer none
 echo "== VM tier"
-tests/vm-tier.sh
+# A hung VM-tier test fails the run inside CI's 90 minutes (the tier takes 25-40 there).
+HUSK_VM_TIER_TIMEOUT=${HUSK_VM_TIER_TIMEOUT:-2700} tests/vm-tier.sh
