@@ -32,6 +32,7 @@ while [ $# -gt 0 ]; do
         *) targets+=("$1"); shift ;;
     esac
 done
+[[ $jobs =~ ^[1-9][0-9]*$ ]] || { echo "fuzz: --jobs must be a positive number" >&2; exit 2; }
 [[ $time =~ ^[1-9][0-9]*$ ]] || { echo "fuzz: --time must be a positive number of seconds" >&2; exit 2; }
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 for t in "${targets[@]}"; do
@@ -41,12 +42,16 @@ done
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 export RUSTC_BOOTSTRAP=1
 status=0
+# Parallel jobs only when asked: with -jobs libFuzzer writes fuzz-N.log files in the
+# working directory instead of printing.
+parallel=()
+[ "$jobs" -le 1 ] || parallel=(-jobs="$jobs" -workers="$jobs")
 for t in "${targets[@]}"; do
     scratch=$repo/target/husk-fuzz/corpus/$t
     mkdir -p "$scratch"
     echo "fuzz: $t for ${time}s"
     if ! cargo fuzz run --fuzz-dir fuzz --sanitizer "$sanitizer" "$t" "$scratch" "fuzz/corpus/$t" -- \
-            -max_total_time="$time" -jobs="$jobs" -workers="$jobs" -print_final_stats=1 \
+            -max_total_time="$time" "${parallel[@]}" -print_final_stats=1 \
             -rss_limit_mb=2048 -timeout=10; then
         echo "fuzz: $t FOUND A CRASH; its input is in fuzz/artifacts/$t/" >&2
         status=1
