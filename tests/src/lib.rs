@@ -176,8 +176,20 @@ pub fn output_within_or_dump(cmd: &mut Command, limit: Duration) -> Result<Outpu
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let pid = child.id();
-    let mut dump = format!("pid {pid} did not finish within {limit:?}; its threads:\n");
+    let dump = format!(
+        "pid {} did not finish within {limit:?}; {}",
+        child.id(),
+        dump_threads(child.id())
+    );
+    let _ = child.kill();
+    let o = child.wait_with_output().expect("collecting husk's output");
+    Err(format!("{dump}{}", show(&o)))
+}
+
+/// What each thread of process `pid` is doing: name, state, kernel wait channel, system
+/// call and kernel stack (for the message of a test that found it hung).
+pub fn dump_threads(pid: u32) -> String {
+    let mut dump = String::from("its threads:\n");
     let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
@@ -202,9 +214,7 @@ pub fn output_within_or_dump(cmd: &mut Command, limit: Duration) -> Result<Outpu
                 .collect::<String>()
         ));
     }
-    let _ = child.kill();
-    let o = child.wait_with_output().expect("collecting husk's output");
-    Err(format!("{dump}{}", show(&o)))
+    dump
 }
 
 /// Formats an output for assertion messages.
@@ -245,6 +255,8 @@ pub fn vsock_connect_retry(uds: &Path, port: u32, timeout: Duration) -> UnixStre
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(mut s) = UnixStream::connect(uds) {
+            // A handshake that never gets an answer is retried, not waited on forever.
+            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
             if s.write_all(format!("CONNECT {port}\n").as_bytes()).is_ok() {
                 let mut line = Vec::new();
                 let mut b = [0u8; 1];
@@ -255,6 +267,7 @@ pub fn vsock_connect_retry(uds: &Path, port: u32, timeout: Duration) -> UnixStre
                     line.push(b[0]);
                 }
                 if line.starts_with(b"OK ") {
+                    s.set_read_timeout(None).unwrap();
                     return s;
                 }
             }

@@ -160,15 +160,30 @@ fn host_initiated_vsock_connection_carries_64_mib_both_ways() {
         .unwrap();
     let data = pseudo_random(MIB64, 1);
     let mut s = vsock_connect_retry(&uds, 5000, Duration::from_secs(300));
+    // A stall fails the test with what husk's threads were doing, instead of hanging it.
+    let stall = Duration::from_secs(120);
+    s.set_read_timeout(Some(stall)).unwrap();
+    s.set_write_timeout(Some(stall)).unwrap();
     let mut writer = s.try_clone().unwrap();
     let sent = data.clone();
     let w = std::thread::spawn(move || {
-        writer.write_all(&sent).unwrap();
-        writer.shutdown(Shutdown::Write).unwrap();
+        writer.write_all(&sent)?;
+        writer.shutdown(Shutdown::Write)
     });
     let mut back = Vec::new();
-    s.read_to_end(&mut back).unwrap();
-    w.join().unwrap();
+    let read = s.read_to_end(&mut back);
+    let written = w.join().unwrap();
+    if read.is_err() || written.is_err() {
+        let dump = husk_tests::dump_threads(child.id());
+        let mut child = child;
+        let _ = child.kill();
+        let o = child.wait_with_output().unwrap();
+        panic!(
+            "stalled (read {read:?} after {} bytes, write {written:?}); {dump}{}",
+            back.len(),
+            show(&o)
+        );
+    }
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let nl = back.iter().position(|&b| b == b'\n').expect("digest line");
