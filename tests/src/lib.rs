@@ -289,7 +289,9 @@ pub fn edit_spec(bundle: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
 }
 
-/// Whether any process other than us has `needle` in its command line.
+/// Whether any process other than us has `needle` in its command line, as a word of its
+/// own within an argument (so a test filter such as `file_semantics` on the test runner's
+/// command line is not a container called `semantics`).
 pub fn process_with_arg_exists(needle: &str) -> bool {
     let me = std::process::id().to_string();
     std::fs::read_dir("/proc")
@@ -298,5 +300,32 @@ pub fn process_with_arg_exists(needle: &str) -> bool {
         .flatten()
         .filter(|e| e.file_name().to_string_lossy() != me)
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .any(|c| String::from_utf8_lossy(&c).contains(needle))
+        .any(|c| {
+            c.split(|&b| b == 0)
+                .any(|arg| contains_word(&String::from_utf8_lossy(arg), needle))
+        })
+}
+
+/// Whether `needle` occurs in `hay` with no identifier character (letter, digit, `_`, `-`)
+/// right before or after it.
+fn contains_word(hay: &str, needle: &str) -> bool {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '-');
+    hay.match_indices(needle).any(|(i, _)| {
+        !word(hay[..i].chars().next_back()) && !word(hay[i + needle.len()..].chars().next())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_word;
+
+    #[test]
+    fn a_word_inside_a_longer_name_is_not_a_match() {
+        assert!(contains_word("semantics", "semantics"));
+        assert!(contains_word("/run/husk/semantics/state.json", "semantics"));
+        assert!(contains_word("--id=semantics", "semantics"));
+        assert!(!contains_word("file_semantics_in_a_volume", "semantics"));
+        assert!(!contains_word("semantics2", "semantics"));
+        assert!(contains_word("/tmp/x/marker:ro", "/tmp/x/marker"));
+    }
 }
