@@ -215,12 +215,18 @@ fn a_systemd_cgroups_path_places_the_sandbox_where_systemd_would() {
     assert!(status.success());
     let pid = state(&t, &root, "sd")["pid"].as_i64().unwrap();
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    assert_eq!(cgroups.trim(), "0::/husk-tests.slice/husk-sd.scope");
+    // systemd nests `a-b.slice` in `a.slice`.
+    assert_eq!(
+        cgroups.trim(),
+        "0::/husk.slice/husk-tests.slice/husk-sd.scope"
+    );
     ok(t.husk_oci(&root)
         .args(["--systemd-cgroup", "delete", "--force", "sd"]));
     assert_nothing_left(&root, "sd");
-    assert!(!Path::new("/sys/fs/cgroup/husk-tests.slice/husk-sd.scope").exists());
-    let _ = std::fs::remove_dir("/sys/fs/cgroup/husk-tests.slice");
+    let slice = Path::new("/sys/fs/cgroup/husk.slice/husk-tests.slice");
+    assert!(!slice.join("husk-sd.scope").exists());
+    let _ = std::fs::remove_dir(slice);
+    let _ = std::fs::remove_dir("/sys/fs/cgroup/husk.slice");
 }
 
 #[test]

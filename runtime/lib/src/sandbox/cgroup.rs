@@ -115,12 +115,28 @@ impl CgroupPlace {
     }
 
     /// Removes the cgroup (once the sandbox is gone); a cgroup that is not there is fine.
+    /// The sandbox's main thread can be reaped while its other threads (vCPUs tearing the
+    /// VM down) still run in the cgroup, which cannot go before they do: the removal is
+    /// retried for a while, and whatever still runs there is killed, as runc's delete does.
     pub fn remove(&self, id: &str) -> Result<()> {
         let manager = self.manager(id)?;
-        manager
-            .remove()
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("removing cgroup {}", self.path))
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let Err(e) = manager.remove() else {
+                return Ok(());
+            };
+            if std::time::Instant::now() >= deadline {
+                return Err(anyhow!("{e}"))
+                    .with_context(|| format!("removing cgroup {}", self.path));
+            }
+            for pid in manager.get_all_pids().unwrap_or_default() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid.as_raw()),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
 
