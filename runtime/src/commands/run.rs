@@ -7,6 +7,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use husk_runtime::container::create::{create, CreateOptions, Created};
+use husk_runtime::container::delete;
 use husk_runtime::container::start::start;
 use husk_runtime::Globals;
 
@@ -35,7 +36,10 @@ pub fn run(g: &Globals, args: Run) -> Result<i32> {
         let _ = sandbox.kill();
         let _ = sandbox.wait();
         if let Ok(rec) = dir.load() {
-            husk_runtime::container::delete::release(&dir, &rec, None);
+            if let Err(e) = delete::remove_cgroup(&dir, &rec) {
+                tracing::warn!("{e:#}");
+            }
+            delete::release(&dir, &rec, None);
         }
         let _ = dir.remove();
         return Err(e);
@@ -64,7 +68,8 @@ pub fn run(g: &Globals, args: Run) -> Result<i32> {
     if !args.keep {
         let _lock = dir.lock()?;
         if let Ok(rec) = dir.load() {
-            husk_runtime::container::delete::release(&dir, &rec, None);
+            delete::remove_cgroup(&dir, &rec)?;
+            delete::release(&dir, &rec, None);
         }
         dir.remove()?;
     }

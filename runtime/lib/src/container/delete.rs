@@ -46,13 +46,19 @@ pub fn delete(dir: &ContainerDir, rec: &ContainerRecord, force: bool) -> Result<
             }
         }
     }
-    if let Some(cgroup) = &rec.husk.cgroup {
-        cgroup.remove(id)?;
-    }
+    remove_cgroup(dir, rec)?;
     release(dir, rec, None);
     dir.remove()?;
     tracing::info!(id, "deleted");
     Ok(())
+}
+
+/// Removes the container's host cgroup (that of its sandbox), once the sandbox is gone.
+pub fn remove_cgroup(dir: &ContainerDir, rec: &ContainerRecord) -> Result<()> {
+    match &rec.husk.cgroup {
+        Some(cgroup) => cgroup.remove(dir.id()),
+        None => Ok(()),
+    }
 }
 
 /// Undoes what a container holds outside its state directory once its sandbox is gone:
