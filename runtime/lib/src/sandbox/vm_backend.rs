@@ -113,7 +113,9 @@ impl VmBackend {
             }),
             fs: spec.shared_dir.as_ref().map(|dir| FsConfig {
                 tag: husk_protocol::SHARED_FS_TAG.into(),
-                shared_dir: dir.clone(),
+                // Named relative to the jail, the working directory before and after
+                // the pivot: the file server opens it again when the guest remounts.
+                shared_dir: dir.strip_prefix(&spec.dir).unwrap_or(dir).to_owned(),
                 container_roots: vec![crate::shares::ROOTFS_SHARE.into()],
             }),
             serial_log: spec.debug.then(|| PathBuf::from(ContainerDir::CONSOLE_LOG)),

@@ -145,9 +145,13 @@ pub fn file_server(config: &FsConfig) -> Result<Server<ShareFs>, FsError> {
         entry_timeout: CACHE_TIMEOUT,
         writeback: false,
         xattr: true,
-        // The root is opened now (import below), before the sandbox is jailed, not at
-        // the guest's FUSE_INIT.
-        do_import: false,
+        // The root is opened by the worker when the guest mounts (FUSE_INIT), and again
+        // after a FUSE_DESTROY: a sandbox that pivots into its jail names the directory
+        // relative to the working directory, which is the jail before and after. (Without
+        // do_import, fuse-backend-rs assumes a VFS above it and turns on the guest's
+        // writeback cache and zero-message opens: the host would not see guest writes
+        // while the container runs.)
+        do_import: true,
         // Two shares of the same host file are two inodes, each confined to its share.
         enable_mntid: true,
         // O_DIRECT bypasses the guest's page cache and is served from the host's: the
@@ -156,7 +160,6 @@ pub fn file_server(config: &FsConfig) -> Result<Server<ShareFs>, FsError> {
         ..PassthroughConfig::default()
     };
     let fs = PassthroughFs::new(cfg).map_err(shared_dir_error(dir))?;
-    fs.import().map_err(shared_dir_error(dir))?;
     Ok(Server::new(ShareFs::new(fs, &config.container_roots)))
 }
 
