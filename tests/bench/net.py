@@ -47,8 +47,10 @@ def iperf(ip, seconds, reverse):
 
 
 def ping_ms(ip):
-    r = sh("ping", "-c", "20", "-i", "0.2", "-q", ip)
-    # rtt min/avg/max/mdev = a/b/c/d ms
+    # iputils' ping where installed, else busybox's (Debian's busybox-static has it).
+    ping = ["ping"] if shutil.which("ping") else ["busybox", "ping"]
+    r = sh(*ping, "-c", "20", "-i", "0.2", "-q", ip)
+    # rtt min/avg/max/mdev = a/b/c/d ms (iputils); round-trip min/avg/max = a/b/c ms (busybox)
     line = [l for l in r.stdout.splitlines() if "min/avg" in l][0]
     return float(line.split("=")[1].split("/")[1])
 
