@@ -37,13 +37,20 @@ def wait_port(ip, deadline_s=300):
 
 def iperf(ip, seconds, reverse):
     args = ["iperf3", "-c", ip, "-t", str(seconds), "-J"] + (["-R"] if reverse else [])
+    why = ""
     for _ in range(3):
         r = sh(*args, check=False)
-        if r.returncode == 0:
+        try:
             j = json.loads(r.stdout)
-            return j["end"]["sum_received"]["bits_per_second"] / 1e6
+        except ValueError:
+            j = {}
+        got = j.get("end", {}).get("sum_received")
+        if r.returncode == 0 and got:
+            return got["bits_per_second"] / 1e6
+        # A run the server cut short has no totals: try again.
+        why = j.get("error") or f"{r.stdout[-400:]}{r.stderr[-400:]}"
         time.sleep(1)
-    sys.exit(f"iperf3 to {ip} failed: {r.stdout}{r.stderr}")
+    sys.exit(f"iperf3 to {ip} failed: {why}")
 
 
 def ping_ms(ip):
