@@ -187,7 +187,16 @@ def main():
     try:
         for t, start in zip(targets, (start_husk, start_runc, start_qemu)):
             stops.append(start(a, a.rootfs, work))
-            wait_port(t.ip)
+            try:
+                wait_port(t.ip)
+            except SystemExit:
+                # What the target said before it never answered.
+                for log in ("husk.err", "runc.err", "qemu.log", "qemu.log.err"):
+                    path = os.path.join(work, log)
+                    if log.startswith(t.name) and os.path.exists(path):
+                        print(f"--- {log}:\n" + open(path, errors="replace").read()[-3000:],
+                              file=sys.stderr)
+                raise
         for r in range(a.rounds):
             for t in targets:
                 t.results["to_container_mbps"].append(iperf(t.ip, a.seconds, False))
