@@ -152,7 +152,8 @@ def start_qemu(a, rootfs, work):
     sh("ip", "link", "set", tap, "master", BR, "up")
     log = os.path.join(work, "qemu.log")
     p = subprocess.Popen(
-        ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-m", "256", "-smp", "1",
+        ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host",
+         "-m", "256", "-smp", "1",
          "-nodefaults", "-no-user-config", "-display", "none", "-serial", f"file:{log}",
          "-kernel", a.kernel,
          "-append", "console=ttyS0 reboot=t panic=1 root=/dev/vda rw init=/bench-init",
