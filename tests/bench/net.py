@@ -25,30 +25,47 @@ def sh(*args, check=True, **kw):
     return r
 
 
+def iperf_run(args):
+    """Mbit/s received, or None and why (iperf3 -J exits 0 on some errors)."""
+    r = sh(*args, check=False)
+    try:
+        j = json.loads(r.stdout)
+    except ValueError:
+        j = {}
+    got = j.get("end", {}).get("sum_received")
+    if r.returncode == 0 and got:
+        return got["bits_per_second"] / 1e6, ""
+    return None, j.get("error") or f"{r.stdout[-400:]}{r.stderr[-400:]}"
+
+
 def wait_port(ip, deadline_s=300):
     end = time.time() + deadline_s
+    why = ""
     while time.time() < end:
-        r = sh("iperf3", "-c", ip, "-t", "1", "-J", check=False)
-        if r.returncode == 0:
+        mbps, why = iperf_run(["iperf3", "-c", ip, "-t", "1", "-J"])
+        if mbps is not None:
             return
         time.sleep(1)
-    sys.exit(f"iperf3 on {ip} never answered")
+    sys.exit(f"iperf3 on {ip} never answered: {why}")
 
 
 def iperf(ip, seconds, reverse):
     args = ["iperf3", "-c", ip, "-t", str(seconds), "-J"] + (["-R"] if reverse else [])
+    why = ""
     for _ in range(3):
-        r = sh(*args, check=False)
-        if r.returncode == 0:
-            j = json.loads(r.stdout)
-            return j["end"]["sum_received"]["bits_per_second"] / 1e6
+        mbps, why = iperf_run(args)
+        if mbps is not None:
+            return mbps
+        # A run the server cut short has no totals: try again.
         time.sleep(1)
-    sys.exit(f"iperf3 to {ip} failed: {r.stdout}{r.stderr}")
+    sys.exit(f"iperf3 to {ip} failed: {why}")
 
 
 def ping_ms(ip):
-    r = sh("ping", "-c", "20", "-i", "0.2", "-q", ip)
-    # rtt min/avg/max/mdev = a/b/c/d ms
+    # iputils' ping where installed, else busybox's (Debian's busybox-static has it).
+    ping = ["ping"] if shutil.which("ping") else ["busybox", "ping"]
+    r = sh(*ping, "-c", "20", "-i", "0.2", "-q", ip)
+    # rtt min/avg/max/mdev = a/b/c/d ms (iputils); round-trip min/avg/max = a/b/c ms (busybox)
     line = [l for l in r.stdout.splitlines() if "min/avg" in l][0]
     return float(line.split("=")[1].split("/")[1])
 
@@ -69,7 +86,9 @@ def veth_netns(name, ip):
 def bundle(rootfs, work, name, netns):
     b = os.path.join(work, name)
     os.makedirs(b)
-    os.symlink(rootfs, os.path.join(b, "rootfs"))
+    # A copy each: runc refuses a rootfs that is a symlink, and neither may see the
+    # other's writes.
+    subprocess.run(["cp", "-a", rootfs, os.path.join(b, "rootfs")], check=True)
     cfg = {
         "ociVersion": "1.0.2",
         "process": {"terminal": False, "user": {"uid": 0, "gid": 0},
@@ -111,9 +130,13 @@ def start_runc(a, rootfs, work):
     ns = veth_netns("hb-runc", IPS["runc"])
     b = bundle(rootfs, work, "runc", ns)
     root = os.path.join(work, "runc-state")
-    subprocess.Popen(["runc", "--root", root, "run", "--detach", "--bundle", b, "hbench"],
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL).wait()
+    # The container keeps runc's stdio: a file, not a pipe nobody would close.
+    err = os.path.join(work, "runc.err")
+    r = subprocess.run(["runc", "--root", root, "run", "--detach", "--bundle", b, "hbench"],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=open(err, "w"))
+    if r.returncode != 0:
+        sys.exit(f"runc run failed: {open(err).read()}")
     return lambda: (sh("runc", "--root", root, "delete", "--force", "hbench", check=False),
                     sh("ip", "netns", "del", "hb-runc", check=False))
 
@@ -129,7 +152,8 @@ def start_qemu(a, rootfs, work):
     sh("ip", "link", "set", tap, "master", BR, "up")
     log = os.path.join(work, "qemu.log")
     p = subprocess.Popen(
-        ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-m", "256", "-smp", "1",
+        ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host",
+         "-m", "256", "-smp", "1",
          "-nodefaults", "-no-user-config", "-display", "none", "-serial", f"file:{log}",
          "-kernel", a.kernel,
          "-append", "console=ttyS0 reboot=t panic=1 root=/dev/vda rw init=/bench-init",
@@ -164,7 +188,16 @@ def main():
     try:
         for t, start in zip(targets, (start_husk, start_runc, start_qemu)):
             stops.append(start(a, a.rootfs, work))
-            wait_port(t.ip)
+            try:
+                wait_port(t.ip)
+            except SystemExit:
+                # What the target said before it never answered.
+                for log in ("husk.err", "runc.err", "qemu.log", "qemu.log.err"):
+                    path = os.path.join(work, log)
+                    if log.startswith(t.name) and os.path.exists(path):
+                        print(f"--- {log}:\n" + open(path, errors="replace").read()[-3000:],
+                              file=sys.stderr)
+                raise
         for r in range(a.rounds):
             for t in targets:
                 t.results["to_container_mbps"].append(iperf(t.ip, a.seconds, False))
