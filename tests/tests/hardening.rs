@@ -115,14 +115,14 @@ fn the_running_sandbox_is_confined() {
     // Every thread runs under a filter: the main (control) thread, vCPUs, devices.
     assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
     assert_eq!(status_field(pid, "Seccomp:"), "2");
-    // No capability left but the six of the virtio-fs server (CHOWN, DAC_OVERRIDE,
-    // FOWNER, FSETID, SETGID, SETUID), none inheritable or ambient; it keeps uid 0 for
+    // No capability left but the seven of the virtio-fs server (CHOWN, DAC_OVERRIDE,
+    // DAC_READ_SEARCH, FOWNER, FSETID, SETGID, SETUID), none inheritable or ambient; it keeps uid 0 for
     // that server (see the README's security model) and no supplementary group.
     for set in ["CapInh:", "CapAmb:"] {
         assert_eq!(status_field(pid, set), "0000000000000000", "{set}");
     }
     for set in ["CapPrm:", "CapEff:", "CapBnd:"] {
-        assert_eq!(status_field(pid, set), "00000000000000db", "{set}");
+        assert_eq!(status_field(pid, set), "00000000000000df", "{set}");
     }
     let uids = status_field(pid, "Uid:");
     assert!(uids.split_whitespace().all(|u| u == "0"), "{uids}");

@@ -53,7 +53,7 @@ pub fn features() -> Result<OciFeatures> {
             "io.github.husk.sandbox.no-new-privs": "true",
             "io.github.husk.sandbox.namespaces": "mount,ipc,uts,cgroup (network: the container's)",
             "io.github.husk.sandbox.rlimits": "nofile=1048576,core=0",
-            "io.github.husk.sandbox.capabilities": "all dropped but what its devices declare: with virtio-fs (every container) CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID, CAP_SETUID, CAP_SETGID for the file server",
+            "io.github.husk.sandbox.capabilities": "all dropped but what its devices declare: with virtio-fs (every container) CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID, CAP_SETUID, CAP_SETGID for the file server",
             "io.github.husk.sandbox.jail": "pivot_root into <state>/sandbox (console log, sockets), nosuid,nodev,noexec; images, shares and taps opened before",
             "io.github.husk.sandbox.user": "uid 0 while it serves virtio-fs (files are created as the guest's users, as virtiofsd does), else uid and gid 0x70000000 + sandbox pid where husk runs as root in the initial user namespace, else its own uid",
             "io.github.husk.sandbox.cgroup": "linux.cgroupsPath (cgroupfs or systemd, v1 and v2): the whole VM, memory limit = guest memory + 128 MiB"

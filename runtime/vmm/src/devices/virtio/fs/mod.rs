@@ -273,6 +273,10 @@ impl Fs {
             capabilities: vec![
                 CAP_CHOWN,
                 CAP_DAC_OVERRIDE,
+                // fuse-backend-rs makes hard links with linkat(fd, "", AT_EMPTY_PATH),
+                // which Linux before 6.10 allows only with it. Its other use, opening files
+                // by handle (open_by_handle_at), is not in the allowlist above.
+                CAP_DAC_READ_SEARCH,
                 CAP_FOWNER,
                 CAP_FSETID,
                 CAP_SETGID,
@@ -291,6 +295,7 @@ impl Fs {
 
 const CAP_CHOWN: u8 = 0;
 const CAP_DAC_OVERRIDE: u8 = 1;
+const CAP_DAC_READ_SEARCH: u8 = 2;
 const CAP_FOWNER: u8 = 3;
 const CAP_FSETID: u8 = 4;
 const CAP_SETGID: u8 = 6;
