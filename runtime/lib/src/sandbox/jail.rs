@@ -177,6 +177,35 @@ impl Jail {
         )
         .with_context(|| ctx("making the jail nosuid, nodev, noexec"))?;
         std::env::set_current_dir(&self.dir).with_context(|| ctx("entering the jail"))?;
+        // The file server reaches files through "/proc/self/fd/N" for xattrs: the
+        // sandbox's own descriptor table (and nothing else of /proc) at that path.
+        let fd_dir = self.dir.join("proc/self/fd");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o500)
+            .create(&fd_dir)
+            .with_context(|| ctx("making proc/self/fd"))?;
+        mount(
+            Some(Path::new(&format!("/proc/{}/fd", std::process::id()))),
+            &fd_dir,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| ctx("binding the sandbox's descriptor table"))?;
+        mount(
+            None::<&str>,
+            &fd_dir,
+            None::<&str>,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_BIND
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .with_context(|| ctx("making the descriptor table read-only"))?;
         // pivot_root(".", "."): the old root ends up stacked on the new one, where a lazy
         // unmount takes it away (runc's way, with no directory for the old root).
         let dot = CString::new(".").expect("no NUL");
