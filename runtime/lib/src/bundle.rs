@@ -92,6 +92,9 @@ pub struct Bundle {
     pub rootfs: PathBuf,
     /// Bind mounts of host paths, by their index in config.json's `mounts`.
     pub shares: Vec<(usize, Share)>,
+    /// Indices in `mounts` of the `/dev/shm` directory binds (a guest tmpfs instead),
+    /// found at load: a jailed sandbox no longer sees their sources.
+    pub shm_binds: Vec<usize>,
 }
 
 impl Bundle {
@@ -129,12 +132,25 @@ impl Bundle {
             Err(_) => bail!("rootfs {} does not exist", rootfs.display()),
         };
         let shares = check_mounts(spec.mounts().as_deref().unwrap_or_default())?;
+        let shm_binds = raw
+            .get("mounts")
+            .and_then(|m| m.as_array())
+            .map(|mounts| {
+                mounts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| is_shm_dir_bind(m))
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Self {
             dir,
             spec,
             raw,
             rootfs,
             shares,
+            shm_binds,
         })
     }
 
@@ -216,8 +232,8 @@ impl Bundle {
                     m["source"] = serde_json::Value::String(format!("{shared}/{}", share.name));
                 }
             }
-            for m in mounts.iter_mut() {
-                if is_shm_dir_bind(m) {
+            for (i, m) in mounts.iter_mut().enumerate() {
+                if self.shm_binds.contains(&i) {
                     *m = serde_json::json!({
                         "destination": "/dev/shm",
                         "type": "tmpfs",
