@@ -143,21 +143,7 @@ pub fn output(cmd: &mut Command) -> Output {
 /// Runs `cmd`, killing it if it has not finished within `limit`; `None` if it had to be
 /// killed (the caller fails the test: a hang is a bug, not a slow pass).
 pub fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running husk");
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if child.try_wait().expect("waiting for husk").is_some() {
-            return Some(child.wait_with_output().expect("collecting husk's output"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
+    output_within_or_dump(cmd, limit).ok()
 }
 
 /// [`output_within`], but a run that had to be killed comes back as an error holding what

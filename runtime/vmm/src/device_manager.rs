@@ -118,14 +118,7 @@ impl DeviceLoop {
 
     /// Watches `evt`, the work eventfd of device `device`'s transport.
     pub fn add_work_evt(&mut self, device: u32, evt: EventFd) -> std::io::Result<()> {
-        let token = epoll_token(device, WORK_TOKEN);
-        self.epoll.ctl(
-            ControlOperation::Add,
-            evt.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, token),
-        )?;
-        self.queue_evts.insert(token, evt);
-        Ok(())
+        self.add_queue_evt(device, WORK_TOKEN, evt)
     }
 
     /// A handle that makes [`DeviceLoop::run`] return.
