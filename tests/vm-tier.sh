@@ -92,7 +92,7 @@ fi
 # The client daemons keep their state under /run, a tmpfs in the test host (bolt's mmap
 # fails on the shared 9p root). The checkout is shared read-write: it may live under /tmp,
 # a fresh tmpfs inside.
-declare -A budget=([vm_tier]=900 [storage]=900 [hardening]=1200 [clients]=1800)
+declare -A budget=([vm_tier]=900 [storage]=900 [hardening]=1200 [clients]=1200)
 deadline=$(( $(date +%s) + ${HUSK_VM_TIER_DEADLINE:-3600} ))
 status=0
 for i in "${!suites[@]}"; do
