@@ -7,6 +7,8 @@ if ! command -v cargo >/dev/null; then
     echo "install-deps: cargo is missing: install a Rust toolchain (rustup) first" >&2
     exit 1
 fi
+# cargo-fuzz (crates.io) runs the fuzz targets in fuzz/ (scripts/fuzz.sh).
+command -v cargo-fuzz >/dev/null || cargo install --locked -q cargo-fuzz
 
 packages=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio
           busybox-static e2fsprogs erofs-utils kmod zstd xz-utils python3 debootstrap
@@ -14,18 +16,17 @@ packages=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev c
           containerd runc crun runsc podman conmon containernetworking-plugins docker.io
           umoci skopeo
           # the CRI client of the pod tests (k8s-cri generates its code with protoc)
-          protobuf-compiler)
+          protobuf-compiler
+          # networking tests and the network benchmark
+          iptables dnsmasq-base iperf3)
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in "${packages[@]}"; do have "$p" || missing+=("$p"); done
 qemu_ok() { qemu-system-x86_64 --version 2>/dev/null | grep -q 'version 10\.'; }
 
-# The fuzz targets (scripts/fuzz.sh) need cargo-fuzz and a nightly toolchain.
+# The fuzz targets (scripts/fuzz.sh) need cargo-fuzz (they build on the stable toolchain).
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install -q --locked cargo-fuzz
-fi
-if ! rustup run nightly rustc --version >/dev/null 2>&1; then
-    echo "install-deps: no nightly toolchain: scripts/fuzz.sh will not run (rustup toolchain install nightly)" >&2
 fi
 
 if [ ${#missing[@]} -eq 0 ] && qemu_ok; then

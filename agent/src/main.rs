@@ -11,6 +11,7 @@ mod cgroup;
 mod container;
 mod exec;
 mod init;
+mod network;
 mod reaper;
 mod roots;
 mod server;

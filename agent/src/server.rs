@@ -153,6 +153,8 @@ fn request_name(request: &Request) -> &'static str {
         Request::Wait { .. } => "wait",
         Request::Signal { .. } => "signal",
         Request::Shutdown => "shutdown",
+        Request::ConfigureNetwork { .. } => "configure network",
+        Request::RunStartHooks { .. } => "run start hooks",
         Request::CreateContainer(_) => "create container",
         Request::StartContainer { .. } => "start container",
         Request::Resize { .. } => "resize",
@@ -242,6 +244,14 @@ fn respond(agent: &Agent, request: Request) -> Response {
                 .map(|oom_kills| Response::Oom { oom_kills })
         }
         Request::Shutdown => Ok(Response::Ok),
+        Request::ConfigureNetwork {
+            container_id,
+            interfaces,
+        } => crate::network::configure(agent, &container_id, &interfaces).map(|()| Response::Ok),
+        Request::RunStartHooks {
+            container_id,
+            state,
+        } => container::hooks::run_start_hooks(agent, &container_id, &state).map(|()| Response::Ok),
     };
     result.unwrap_or_else(|e| Response::Error {
         message: format!("{e:#}"),

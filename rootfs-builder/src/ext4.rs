@@ -5,8 +5,8 @@
 //! a failure leaves no half-built image behind.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -107,8 +107,14 @@ pub fn build_ext4(opts: &Ext4Options) -> Result<Ext4Image, Ext4Error> {
         source,
     };
     let pending = PendingOutput::new(&opts.out).map_err(create_err)?;
-    // Sparse: only what mkfs writes takes space on the host.
-    File::create(pending.path())
+    // Sparse: only what mkfs writes takes space on the host. Private from the start: an
+    // image holds whatever the tree held (a container's root, files with secrets).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(pending.path())
         .and_then(|f| f.set_len(size_mib * MIB))
         .map_err(create_err)?;
 
@@ -169,7 +175,13 @@ pub fn create_scratch(out: &Path, size_mib: u64) -> Result<(), Ext4Error> {
         source,
     };
     let pending = PendingOutput::new(out).map_err(create_err)?;
-    File::create(pending.path())
+    // Private: the container's writes land here.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(pending.path())
         .and_then(|f| f.set_len(size_mib * MIB))
         .map_err(create_err)?;
     let output = Command::new(&mkfs)

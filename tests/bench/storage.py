@@ -209,6 +209,10 @@ def main():
     ap.add_argument("--io-tool", required=True)
     ap.add_argument("--debian-tar")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--io-rounds", type=int,
+                    help="rounds of the volume/root I/O jobs (default: --rounds); each is "
+                         "minutes in the software-emulated test host")
+    ap.add_argument("--only", choices=("create", "io"), help="run one half of the benchmark")
     ap.add_argument("--out")
     ap.add_argument("--work-dir", default="/run/husk-bench-storage")
     a = ap.parse_args()
@@ -216,12 +220,14 @@ def main():
     os.makedirs(a.work_dir)
     atexit.register(clean, a.work_dir)
     layers = make_layers(a.work_dir, a.base_rootfs, a.debian_tar, a.io_tool)
-    cc = create_cost(a, layers, a.work_dir, a.rounds)
-    io = volume_io(a, layers, a.work_dir, a.rounds)
-    bb = cc["husk overlay busybox"]["second_ms"]
-    print()
-    print(f"{'create (ms)':34}{'first':>9}{'second':>9}{'2nd/bb 2nd':>12}{'x runc':>8}")
+    cc = create_cost(a, layers, a.work_dir, a.rounds) if a.only != "io" else {}
+    io = (volume_io(a, layers, a.work_dir, a.io_rounds or a.rounds)
+          if a.only != "create" else {})
     ratios = {}
+    if cc:
+        print()
+        print(f"{'create (ms)':34}{'first':>9}{'second':>9}{'2nd/bb 2nd':>12}{'x runc':>8}")
+        bb = cc["husk overlay busybox"]["second_ms"]
     for k, v in cc.items():
         name = k.split(" ", 2)[2]
         runc = cc.get(f"runc overlay {name}", {}).get("second_ms")
@@ -230,9 +236,12 @@ def main():
         ratios[k] = {"second_over_busybox_second": r_bb, "second_over_runc": r_runc}
         print(f"{k:34}{v['first_ms']:9.0f}{v['second_ms']:9.0f}{r_bb:12.2f}"
               f"{(f'{r_runc:8.2f}' if r_runc else ''):>8}")
-    print()
-    print(f"{'volume / root I/O (ms)':40}{'husk':>10}{'runc':>10}{'x runc':>8}")
+    if io:
+        print()
+        print(f"{'volume / root I/O (ms)':40}{'husk':>10}{'runc':>10}{'x runc':>8}")
     for job in ("seq 256 MiB (volume)", "meta 20k files (volume)", "meta 20k files (root)"):
+        if not io:
+            break
         h, r = io[f"husk {job}"], io[f"runc {job}"]
         for k in h:
             ratios[f"{job} {k}"] = h[k] / r[k] if r[k] else None

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub mod net;
+pub mod soak;
+
 /// Paths the VM tier runs with.
 pub struct VmTier {
     /// The `husk` binary.
@@ -81,12 +84,10 @@ impl VmTier {
         assert!(cp.status.success(), "{}", show(&cp));
         let o = output(Command::new(&self.husk).arg("spec").current_dir(&bundle));
         assert!(o.status.success(), "{}", show(&o));
-        let path = bundle.join("config.json");
-        let mut spec: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let mut spec = read_config(&bundle);
         spec["process"]["args"] = serde_json::json!(args);
         spec["process"]["terminal"] = serde_json::json!(false);
-        std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+        write_config(&bundle, &spec);
         bundle
     }
 
@@ -105,6 +106,35 @@ impl VmTier {
     }
 }
 
+/// A bundle's config.json.
+pub fn read_config(bundle: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap()
+}
+
+/// Writes a bundle's config.json.
+pub fn write_config(bundle: &Path, spec: &serde_json::Value) {
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(spec).unwrap(),
+    )
+    .unwrap();
+}
+
+/// No state directory under `root` and no process (sandbox) with `id` in its arguments.
+pub fn assert_nothing_left(root: &Path, id: &str) {
+    let left: Vec<_> = std::fs::read_dir(root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "state left behind: {left:?}");
+    // The default host cgroup (`/<id>`, cgroup v2 in the test host).
+    let cgroup = Path::new("/sys/fs/cgroup").join(id);
+    assert!(!cgroup.exists(), "{} left behind", cgroup.display());
+    assert!(
+        !process_with_arg_exists(id),
+        "a process of {id} was left behind"
+    );
+}
+
 /// Runs `cmd` and returns its output; panics with context if it could not start.
 pub fn output(cmd: &mut Command) -> Output {
     cmd.output().expect("running husk")
@@ -113,6 +143,13 @@ pub fn output(cmd: &mut Command) -> Output {
 /// Runs `cmd`, killing it if it has not finished within `limit`; `None` if it had to be
 /// killed (the caller fails the test: a hang is a bug, not a slow pass).
 pub fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
+    output_within_or_dump(cmd, limit).ok()
+}
+
+/// [`output_within`], but a run that had to be killed comes back as an error holding what
+/// each of the process's threads was doing (name, state, kernel wait channel, system
+/// call, kernel stack), read just before the kill: a hang must say where it hung.
+pub fn output_within_or_dump(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -121,13 +158,49 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if child.try_wait().expect("waiting for husk").is_some() {
-            return Some(child.wait_with_output().expect("collecting husk's output"));
+            return Ok(child.wait_with_output().expect("collecting husk's output"));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let dump = format!(
+        "pid {} did not finish within {limit:?}; {}",
+        child.id(),
+        dump_threads(child.id())
+    );
     let _ = child.kill();
-    let _ = child.wait();
-    None
+    let o = child.wait_with_output().expect("collecting husk's output");
+    Err(format!("{dump}{}", show(&o)))
+}
+
+/// What each thread of process `pid` is doing: name, state, kernel wait channel, system
+/// call and kernel stack (for the message of a test that found it hung).
+pub fn dump_threads(pid: u32) -> String {
+    let mut dump = String::from("its threads:\n");
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let t = task.path();
+        let state = read(t.join("stat"))
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_default();
+        dump.push_str(&format!(
+            "  {} {} state {state} wchan {} syscall {}\n{}",
+            task.file_name().to_string_lossy(),
+            read(t.join("comm")).trim(),
+            read(t.join("wchan")).trim(),
+            read(t.join("syscall")).trim(),
+            read(t.join("stack"))
+                .lines()
+                .map(|l| format!("      {l}\n"))
+                .collect::<String>()
+        ));
+    }
+    dump
 }
 
 /// Formats an output for assertion messages.
@@ -168,6 +241,8 @@ pub fn vsock_connect_retry(uds: &Path, port: u32, timeout: Duration) -> UnixStre
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(mut s) = UnixStream::connect(uds) {
+            // A handshake that never gets an answer is retried, not waited on forever.
+            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
             if s.write_all(format!("CONNECT {port}\n").as_bytes()).is_ok() {
                 let mut line = Vec::new();
                 let mut b = [0u8; 1];
@@ -178,6 +253,7 @@ pub fn vsock_connect_retry(uds: &Path, port: u32, timeout: Duration) -> UnixStre
                     line.push(b[0]);
                 }
                 if line.starts_with(b"OK ") {
+                    s.set_read_timeout(None).unwrap();
                     return s;
                 }
             }
@@ -199,19 +275,9 @@ pub fn edit_spec(bundle: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
 }
 
-/// No state directory under `root` and no process (sandbox) with `id` in its arguments.
-pub fn assert_nothing_left(root: &Path, id: &str) {
-    let left: Vec<_> = std::fs::read_dir(root)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "state left behind: {left:?}");
-    assert!(
-        !process_with_arg_exists(id),
-        "a process of {id} was left behind"
-    );
-}
-
-/// Whether any process other than us has `needle` in its command line.
+/// Whether any process other than us has `needle` in its command line, as a word of its
+/// own within an argument (so a test filter such as `file_semantics` on the test runner's
+/// command line is not a container called `semantics`).
 pub fn process_with_arg_exists(needle: &str) -> bool {
     let me = std::process::id().to_string();
     std::fs::read_dir("/proc")
@@ -220,5 +286,32 @@ pub fn process_with_arg_exists(needle: &str) -> bool {
         .flatten()
         .filter(|e| e.file_name().to_string_lossy() != me)
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .any(|c| String::from_utf8_lossy(&c).contains(needle))
+        .any(|c| {
+            c.split(|&b| b == 0)
+                .any(|arg| contains_word(&String::from_utf8_lossy(arg), needle))
+        })
+}
+
+/// Whether `needle` occurs in `hay` with no identifier character (letter, digit, `_`, `-`)
+/// right before or after it.
+fn contains_word(hay: &str, needle: &str) -> bool {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '-');
+    hay.match_indices(needle).any(|(i, _)| {
+        !word(hay[..i].chars().next_back()) && !word(hay[i + needle.len()..].chars().next())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_word;
+
+    #[test]
+    fn a_word_inside_a_longer_name_is_not_a_match() {
+        assert!(contains_word("semantics", "semantics"));
+        assert!(contains_word("/run/husk/semantics/state.json", "semantics"));
+        assert!(contains_word("--id=semantics", "semantics"));
+        assert!(!contains_word("file_semantics_in_a_volume", "semantics"));
+        assert!(!contains_word("semantics2", "semantics"));
+        assert!(contains_word("/tmp/x/marker:ro", "/tmp/x/marker"));
+    }
 }

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use husk_tests::show;
+use husk_tests::net::{fetch, husk_leftovers, HttpServer};
+use husk_tests::{pseudo_random, sha256_hex, show};
 
 const IMAGE: &str = "localhost/busybox:latest";
 
@@ -446,6 +447,7 @@ fn podman_exec_and_stop() {
 struct Docker {
     _daemon: Daemon,
     host: String,
+    dir: PathBuf,
 }
 
 impl Docker {
@@ -465,7 +467,9 @@ impl Docker {
                 .arg(dir.join("docker.pid"))
                 .arg("-H")
                 .arg(format!("unix://{}", socket.display()))
-                .args(["--iptables=false", "--ip-forward=false", "--bridge=none"])
+                // The default bridge (docker0); no iptables rules: published ports go
+                // through docker-proxy, and every test stays inside this host.
+                .args(["--iptables=false", "--ip-forward=false"])
                 // deploy/'s daemon.json declares the `husk` runtime.
                 .arg("--config-file")
                 .arg(&daemon_json),
@@ -474,11 +478,17 @@ impl Docker {
         let d = Self {
             _daemon: daemon,
             host: format!("unix://{}", socket.display()),
+            dir,
         };
         ok(d.docker()
             .args(["load", "-q", "-i"])
             .arg(images().join("busybox-docker.tar")));
         d
+    }
+
+    /// Where this dockerd keeps its containers' network namespaces.
+    fn netns_dir(&self) -> PathBuf {
+        self.dir.join("exec/netns")
     }
 
     /// Debian's docker CLI (another one may come first on PATH).
@@ -833,11 +843,14 @@ fn shim_v2_reports_stats_and_oom_kills() {
         "--exec-id",
         "hog",
         "shim-oom",
-        "sh",
-        "-c",
         // dd's one 100 MiB buffer outgrows the limit at once (a shell string grown
-        // from a pipe takes many minutes under emulation).
-        "dd if=/dev/zero of=/dev/null bs=100M count=1; echo survived",
+        // from a pipe takes many minutes under emulation). dd is the exec's own
+        // process, so its SIGKILL is the exec's status.
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=100M",
+        "count=1",
     ]));
     assert_eq!(o.status.code(), Some(137), "OOM-killed: {}", show(&o));
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -879,7 +892,9 @@ fn shim_v2_reports_stats_and_oom_kills() {
 
 /// A host directory for a client test, on the test host's tmpfs.
 fn host_dir(name: &str) -> PathBuf {
-    let d = state_dir("volumes").join(name);
+    // Fresh, without emptying its siblings (state_dir would empty "volumes").
+    let d = PathBuf::from("/run/husk-clients/volumes").join(name);
+    let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -1014,4 +1029,280 @@ fn containerd_ctr_run_with_a_bind_mount() {
         std::fs::read_to_string(data.join("from-container")).unwrap(),
         "written\n"
     );
+}
+
+// ---------------------------------------------------------------- networking
+
+/// A 1 MiB file served from the test host on every address at `port`; its sha256.
+fn host_server(port: u16) -> (HttpServer, tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pseudo_random(1 << 20, u64::from(port));
+    std::fs::write(dir.path().join("down"), &data).unwrap();
+    let server = HttpServer::start(&format!("0.0.0.0:{port}"), dir.path());
+    (server, dir, sha256_hex(&data))
+}
+
+/// The container's script: fetch `url` and print its sha256, make a 1 MiB file and print
+/// its, then serve it on `port`.
+fn both_ways_script(url: &str, port: u16) -> String {
+    format!(
+        "wget -q -O /tmp/down {url} && sha256sum /tmp/down; mkdir -p /www; \
+         dd if=/dev/urandom of=/www/up bs=1024 count=1024 2>/dev/null; sha256sum /www/up; \
+         exec httpd -f -p {port} -h /www"
+    )
+}
+
+/// Checks what the container printed against the two transfers.
+fn assert_both_ways(printed: &str, down_sha: &str, up: &[u8]) {
+    assert_eq!(up.len(), 1 << 20, "the container's file");
+    assert!(
+        printed.contains(&format!("{down_sha}  /tmp/down")),
+        "host -> container: {printed}"
+    );
+    assert!(
+        printed.contains(&format!("{}  /www/up", sha256_hex(up))),
+        "container -> host: {printed}"
+    );
+}
+
+/// Runs `cmd` until its stdout contains `needle` (the container got that far).
+fn wait_output(cmd: &mut Command, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let o = run(cmd);
+        let text = format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "never saw {needle:?}: {text}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn assert_no_leftovers(extra: &[&Path]) {
+    let left = husk_leftovers(extra);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn docker_default_bridge_reaches_the_host_and_publishes_a_port() {
+    let d = Docker::start();
+    let (_server, _dir, down_sha) = host_server(18081);
+    let script = both_ways_script("http://172.17.0.1:18081/down", 8082);
+    ok(d.docker()
+        .args([
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--runtime",
+            "husk",
+            "-p",
+            "18082:8082",
+            IMAGE,
+            "sh",
+            "-c",
+        ])
+        .arg(&script));
+    let up = fetch("http://127.0.0.1:18082/up", Duration::from_secs(300));
+    let printed = wait_output(d.docker().args(["logs", "web"]), "/www/up");
+    assert_both_ways(&printed, &down_sha, &up);
+    ok(d.docker().args(["rm", "-f", "web"]));
+    assert_no_leftovers(&[&d.netns_dir()]);
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn docker_containers_on_one_bridge_talk_and_resolve_through_the_engines_resolver() {
+    let d = Docker::start();
+    let _dns = Dnsmasq::start("172.17.0.1", "web.husk.test", "172.17.0.1");
+    // A serves a file; B finds the resolver docker configured and fetches from A.
+    ok(d.docker().args([
+        "run",
+        "-d",
+        "--name",
+        "srv-a",
+        "--runtime",
+        "husk",
+        IMAGE,
+        "sh",
+        "-c",
+        "mkdir /www; dd if=/dev/zero bs=1024 count=1024 2>/dev/null | tr '\\0' x > /www/x; \
+         sha256sum /www/x; exec httpd -f -p 8083 -h /www",
+    ]));
+    let a_ip = stdout(&ok(d.docker().args([
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.IPAddress}}",
+        "srv-a",
+    ])));
+    assert!(a_ip.starts_with("172.17."), "{a_ip}");
+    let a_sha = wait_output(d.docker().args(["logs", "srv-a"]), "/www/x");
+    let o = ok(d
+        .docker()
+        .args([
+            "run",
+            "--rm",
+            "--runtime",
+            "husk",
+            "--dns",
+            "172.17.0.1",
+            IMAGE,
+            "sh",
+            "-c",
+        ])
+        .arg(format!(
+            "cat /etc/resolv.conf; nslookup web.husk.test; \
+         for i in $(seq 60); do wget -q -O /tmp/x http://{a_ip}:8083/x && break; sleep 1; done; \
+         sha256sum /tmp/x"
+        )));
+    let out = stdout(&o);
+    assert!(out.contains("nameserver 172.17.0.1"), "{out}");
+    assert!(
+        out.lines()
+            .skip_while(|l| !l.contains("web.husk.test"))
+            .any(|l| l.contains("172.17.0.1")),
+        "the name resolved through dnsmasq: {out}"
+    );
+    let sha = out
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        !sha.is_empty() && a_sha.contains(&sha),
+        "B got A's file intact: {out} / {a_sha}"
+    );
+    ok(d.docker().args(["rm", "-f", "srv-a"]));
+    assert_no_leftovers(&[&d.netns_dir()]);
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn podman_default_network_reaches_the_host_and_publishes_a_port() {
+    let p = Podman::new();
+    let (_server, _dir, down_sha) = host_server(18091);
+    // The default network's gateway is the first address of 10.88.0.0/16.
+    let script = both_ways_script("http://10.88.0.1:18091/down", 8092);
+    ok(p.podman()
+        .args([
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "-p",
+            "18092:8092",
+            IMAGE,
+            "sh",
+            "-c",
+        ])
+        .arg(&script));
+    let up = fetch("http://127.0.0.1:18092/up", Duration::from_secs(300));
+    let printed = wait_output(p.podman().args(["logs", "web"]), "/www/up");
+    assert_both_ways(&printed, &down_sha, &up);
+    ok(p.podman().args(["rm", "-f", "web"]));
+    assert_no_leftovers(&[]);
+}
+
+#[test]
+#[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
+fn containerd_ctr_run_cni_with_the_bridge_plugin() {
+    let c = Containerd::start();
+    let (_server, _dir, down_sha) = host_server(18101);
+    let cni = state_dir("cni");
+    std::fs::write(
+        cni.join("10-husk-test.conflist"),
+        r#"{"cniVersion": "1.0.0", "name": "husk-test", "plugins": [
+            {"type": "bridge", "bridge": "husk-cni0", "isGateway": true, "ipMasq": false,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.99.0.0/24"}]],
+                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "/run/husk-clients/cni/ipam"}}]}"#,
+    )
+    .unwrap();
+    let script = format!(
+        "ip -o -4 addr show eth0; {}",
+        both_ways_script("http://10.99.0.1:18101/down", 8102)
+    );
+    let out_path = cni.join("ctr.out");
+    // ctr reads CNI configuration from fixed paths: give it ours in a mount namespace.
+    let mut ctr = Command::new("unshare");
+    ctr.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mkdir -p /etc/cni/net.d /opt/cni/bin && mount --bind {conf} /etc/cni/net.d && \
+             mount --bind /usr/lib/cni /opt/cni/bin && exec \"$0\" \"$@\"",
+            conf = cni.display()
+        ))
+        .arg("ctr")
+        .arg("-a")
+        .arg(&c.socket)
+        .args(["run", "--cni", "--rm", "--runc-binary"])
+        .arg(runtime())
+        .args([IMAGE, "cni1", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::inherit());
+    let mut child = ctr.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let ip = loop {
+        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+        if let Some(ip) = text
+            .split_whitespace()
+            .find(|w| w.starts_with("10.99.0.") && w.contains('/'))
+        {
+            break ip.split('/').next().unwrap().to_string();
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("ctr run --cni ended ({st}): {text}");
+        }
+        assert!(Instant::now() < deadline, "no address: {text}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let up = fetch(&format!("http://{ip}:8102/up"), Duration::from_secs(300));
+    let printed = std::fs::read_to_string(&out_path).unwrap();
+    assert_both_ways(&printed, &down_sha, &up);
+    ok(c.ctr().args(["task", "kill", "-s", "SIGKILL", "cni1"]));
+    let _ = child.wait();
+    let netns = output_of(Command::new("ip").args(["netns", "list"]));
+    assert!(!netns.contains("cni-"), "a CNI namespace is left: {netns}");
+    assert_no_leftovers(&[]);
+}
+
+fn output_of(cmd: &mut Command) -> String {
+    stdout(&run(cmd))
+}
+
+/// dnsmasq answering `name` with `answer` on `listen`, killed on drop.
+struct Dnsmasq(Child);
+
+impl Dnsmasq {
+    fn start(listen: &str, name: &str, answer: &str) -> Self {
+        let dir = state_dir("dnsmasq");
+        let child = Command::new("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+            ])
+            .arg(format!("--listen-address={listen}"))
+            .arg(format!("--address=/{name}/{answer}"))
+            .arg(format!("--pid-file={}", dir.join("pid").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("dnsmasq.log")).unwrap())
+            .spawn()
+            .expect("dnsmasq (dnsmasq-base)");
+        std::thread::sleep(Duration::from_millis(300));
+        Self(child)
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

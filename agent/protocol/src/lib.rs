@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -246,6 +247,62 @@ pub enum Request {
     },
     /// Flush filesystems and power the guest off. Answered before the guest goes down.
     Shutdown,
+    /// Give a created container the network interfaces the engine put into its network
+    /// namespace on the host: each guest virtio-net device named is moved into the
+    /// container's network namespace and configured like its host counterpart.
+    ConfigureNetwork {
+        /// The container.
+        container_id: String,
+        /// The interfaces, in any order.
+        interfaces: Vec<GuestInterface>,
+    },
+    /// Run config.json's `startContainer` hooks in the container's namespaces (before
+    /// `StartContainer`), each with `state` on its stdin.
+    RunStartHooks {
+        /// The container.
+        container_id: String,
+        /// The OCI state of the container, as runtimes give it to hooks.
+        state: serde_json::Value,
+    },
+}
+
+/// An interface to configure in the guest as the engine configured it on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestInterface {
+    /// The MAC the guest's virtio-net device was given at boot: how the agent finds it.
+    pub boot_mac: [u8; 6],
+    /// The interface's name (the engine's, e.g. `eth0`).
+    pub name: String,
+    /// Its MAC.
+    pub mac: [u8; 6],
+    /// Its MTU.
+    pub mtu: u32,
+    /// Its addresses.
+    pub addresses: Vec<IpNet>,
+    /// The routes through it.
+    pub routes: Vec<GuestRoute>,
+}
+
+/// An address with its prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpNet {
+    /// The address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+/// A route through one interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestRoute {
+    /// Destination network; `None` is the default route.
+    pub destination: Option<IpNet>,
+    /// Next hop.
+    pub gateway: Option<IpAddr>,
+    /// Metric.
+    pub metric: Option<u32>,
+    /// Link scope: the destination is directly reachable.
+    pub link_scope: bool,
 }
 
 /// What to run and how.
@@ -479,12 +536,18 @@ pub enum ExitStatus {
     Signal(i32),
 }
 
+/// Highest signal number Linux has (SIGRTMAX).
+pub const MAX_SIGNAL: i32 = 64;
+
 impl ExitStatus {
-    /// The status as a shell reports it: the code, or 128 + the signal number.
+    /// The status as a shell reports it: the code, or 128 + the signal number. The guest
+    /// reports it, so it is checked: a code outside 0-255 or a signal that does not exist
+    /// becomes 255.
     pub fn shell_code(self) -> i32 {
         match self {
-            ExitStatus::Code(c) => c,
-            ExitStatus::Signal(s) => 128 + s,
+            ExitStatus::Code(c) if (0..=255).contains(&c) => c,
+            ExitStatus::Signal(s) if (1..=MAX_SIGNAL).contains(&s) => 128 + s,
+            _ => 255,
         }
     }
 }
@@ -500,6 +563,9 @@ pub fn check_version(peer: u32) -> Result<()> {
         })
     }
 }
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 
 #[cfg(test)]
 mod tests {
@@ -633,6 +699,22 @@ mod tests {
     fn exit_status_maps_signals_to_128_plus_n() {
         assert_eq!(ExitStatus::Code(3).shell_code(), 3);
         assert_eq!(ExitStatus::Signal(9).shell_code(), 137);
+    }
+
+    #[test]
+    fn guest_chosen_exit_statuses_out_of_range_become_255() {
+        for bad in [
+            ExitStatus::Signal(i32::MAX),
+            ExitStatus::Signal(0),
+            ExitStatus::Signal(-5),
+            ExitStatus::Signal(65),
+            ExitStatus::Code(256),
+            ExitStatus::Code(-1),
+            ExitStatus::Code(i32::MIN),
+        ] {
+            assert_eq!(bad.shell_code(), 255, "{bad:?}");
+        }
+        assert_eq!(ExitStatus::Signal(64).shell_code(), 192);
     }
 
     #[test]

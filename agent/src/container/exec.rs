@@ -14,7 +14,9 @@ use oci_spec::runtime::Process;
 
 use super::create::early_end;
 use super::launch::{self, Launch};
+use super::Container;
 use crate::exec::{connect_stdio, null_stdio};
+use crate::reaper::Reservation;
 use crate::server::Agent;
 use crate::setup::messages::{Job, NamespaceFd, Report, SetupConfig};
 
@@ -44,7 +46,51 @@ pub fn exec(agent: &Agent, req: &ExecRequest, container_id: &str) -> anyhow::Res
     }
     let terminal = req.stdio.terminal || process.terminal().unwrap_or(false);
     let reservation = agent.table.reserve(&req.exec_id)?;
+    let stdio: [OwnedFd; 3] = if terminal {
+        null_stdio()?
+    } else {
+        connect_stdio(&req.exec_id, &req.stdio, &agent.transport)?
+    };
+    let exec = Exec {
+        exec_id: &req.exec_id,
+        process: process_json,
+        terminal,
+        port: req.stdio.port,
+    };
+    spawn_in(
+        agent,
+        &container,
+        container_id,
+        init,
+        reservation,
+        exec,
+        stdio,
+    )
+}
 
+/// One process to start in a container.
+pub(super) struct Exec<'a> {
+    pub exec_id: &'a str,
+    /// Its OCI `process`.
+    pub process: serde_json::Value,
+    pub terminal: bool,
+    /// Host port for a terminal's stream.
+    pub port: u32,
+}
+
+/// Forks `exec` into the namespaces of container `container_id` (whose process is `init`)
+/// with `stdio`, and returns its pid once it has exec'd.
+pub(super) fn spawn_in(
+    agent: &Agent,
+    container: &Container,
+    container_id: &str,
+    init: libc::pid_t,
+    reservation: Reservation<'_>,
+    exec: Exec<'_>,
+    stdio: [OwnedFd; 3],
+) -> anyhow::Result<libc::pid_t> {
+    let exec_id = exec.exec_id;
+    let terminal = exec.terminal;
     let pid_ns = namespace_if_other(init, "pid")?;
     let mut joined: Vec<(libc::c_int, OwnedFd)> = Vec::new();
     for (name, nstype) in NAMESPACES {
@@ -53,11 +99,6 @@ pub fn exec(agent: &Agent, req: &ExecRequest, container_id: &str) -> anyhow::Res
         }
     }
     let inherit: Vec<i32> = joined.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
-    let stdio: [OwnedFd; 3] = if terminal {
-        null_stdio()?
-    } else {
-        connect_stdio(&req.exec_id, &req.stdio, &agent.transport)?
-    };
     let launch = Launch {
         new_namespaces: CloneFlags::empty(),
         stdio: stdio.each_ref().map(|f| f.as_raw_fd()),
@@ -91,30 +132,27 @@ pub fn exec(agent: &Agent, req: &ExecRequest, container_id: &str) -> anyhow::Res
             spec: container.spec.clone(),
             terminal,
             job: Job::Exec {
-                process: process_json,
+                process: exec.process,
                 namespaces,
             },
         })?;
         let mut execing = false;
         loop {
             match channel.recv()? {
-                Some(Report::Log { message }) => diag!("exec {:?}: {message}", req.exec_id),
+                Some(Report::Log { message }) => diag!("exec {exec_id:?}: {message}"),
                 Some(Report::Terminal) => {
                     let master = channel
                         .take_fd()
                         .context("the setup process sent no terminal descriptor")?;
-                    agent.terminals.attach(
-                        &req.exec_id,
-                        master,
-                        &agent.transport,
-                        req.stdio.port,
-                    )?;
+                    agent
+                        .terminals
+                        .attach(exec_id, master, &agent.transport, exec.port)?;
                 }
                 Some(Report::Execing) => execing = true,
                 Some(Report::Error { message }) => bail!(message),
                 Some(Report::Ready) => bail!("unexpected ready report from an exec"),
                 None if execing => return anyhow::Ok(()),
-                None => bail!(early_end(agent, &req.exec_id)),
+                None => bail!(early_end(agent, exec_id)),
             }
         }
     })();
@@ -125,14 +163,14 @@ pub fn exec(agent: &Agent, req: &ExecRequest, container_id: &str) -> anyhow::Res
                 .execs
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(req.exec_id.clone());
+                .push(exec_id.to_owned());
             Ok(pid)
         }
         Err(e) => {
             // It may still wait for its configuration; the table knows whether the pid
             // is still this process.
-            let _ = agent.table.signal(&req.exec_id, libc::SIGKILL);
-            agent.table.abandon(&req.exec_id);
+            let _ = agent.table.signal(exec_id, libc::SIGKILL);
+            agent.table.abandon(exec_id);
             Err(e)
         }
     }

@@ -9,6 +9,7 @@
 pub mod commit;
 pub mod create;
 pub mod exec;
+pub mod hooks;
 pub mod launch;
 pub mod ps;
 pub mod remove;

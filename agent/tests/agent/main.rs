@@ -7,6 +7,7 @@ mod container_terminal_exec;
 mod exec;
 mod framing;
 mod handshake;
+mod network;
 mod requests;
 mod root;
 mod support;

@@ -95,6 +95,9 @@ pub struct Bundle {
     pub rootfs: PathBuf,
     /// Bind mounts of host paths, by their index in config.json's `mounts`.
     pub shares: Vec<(usize, Share)>,
+    /// Indices in `mounts` of the `/dev/shm` directory binds (a guest tmpfs instead),
+    /// found at load: a jailed sandbox no longer sees their sources.
+    pub shm_binds: Vec<usize>,
 }
 
 impl Bundle {
@@ -132,12 +135,25 @@ impl Bundle {
             Err(_) => bail!("rootfs {} does not exist", rootfs.display()),
         };
         let shares = check_mounts(spec.mounts().as_deref().unwrap_or_default())?;
+        let shm_binds = raw
+            .get("mounts")
+            .and_then(|m| m.as_array())
+            .map(|mounts| {
+                mounts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| is_shm_dir_bind(m))
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Self {
             dir,
             spec,
             raw,
             rootfs,
             shares,
+            shm_binds,
         })
     }
 
@@ -148,6 +164,11 @@ impl Bundle {
             .as_ref()
             .and_then(|r| r.readonly())
             .unwrap_or(false)
+    }
+
+    /// `hostname`.
+    pub fn hostname(&self) -> Option<&str> {
+        self.spec.hostname().as_deref()
     }
 
     /// `process.terminal`.
@@ -250,14 +271,27 @@ impl Bundle {
                     m["source"] = serde_json::Value::String(format!("{shared}/{}", share.name));
                 }
             }
-            for m in mounts.iter_mut() {
-                if is_shm_dir_bind(m) {
+            for (i, m) in mounts.iter_mut().enumerate() {
+                if self.shm_binds.contains(&i) {
                     *m = serde_json::json!({
                         "destination": "/dev/shm",
                         "type": "tmpfs",
                         "source": "shm",
                         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
                     });
+                }
+            }
+        }
+        // The network namespace's path is the host's, joined by the sandbox process: in
+        // the guest the container gets a namespace of its own, which the agent gives the
+        // host namespace's interfaces.
+        if let Some(namespaces) = raw
+            .pointer_mut("/linux/namespaces")
+            .and_then(|n| n.as_array_mut())
+        {
+            for ns in namespaces.iter_mut().filter(|n| n["type"] == "network") {
+                if let Some(o) = ns.as_object_mut() {
+                    o.remove("path");
                 }
             }
         }
@@ -583,6 +617,20 @@ mod tests {
         nix::mount::umount2(&ro, nix::mount::MntFlags::MNT_DETACH).unwrap();
         assert!(e.contains("read-only file system"), "{e}");
         assert!(ok.is_ok(), "asked read-only, it is fine");
+    }
+
+    #[test]
+    fn the_network_namespace_path_stays_on_the_host() {
+        let mut c = minimal();
+        c["linux"] = json!({"namespaces": [{"type": "mount"},
+            {"type": "network", "path": "/run/netns/x"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]});
+        let (_d, b) = bundle_with(c);
+        let g = b.unwrap().guest_spec("/run/husk/shared");
+        assert_eq!(g["linux"]["namespaces"][1], json!({"type": "network"}));
+        assert_eq!(
+            g["linux"]["namespaces"][2]["path"], "/proc/1/ns/ipc",
+            "others untouched"
+        );
     }
 
     #[test]

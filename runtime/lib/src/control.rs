@@ -2,6 +2,7 @@
 //! `state`, `pause`, `resume` and `ps` reach a running sandbox. One request and one
 //! response per connection, framed like the agent protocol (u32 length + JSON).
 
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
@@ -20,8 +21,18 @@ use crate::state::{ContainerDir, Status};
 pub enum ControlRequest {
     /// The live status.
     State,
-    /// Run the user's program (created -> running).
-    Start,
+    /// Run the user's program (created -> running), after the startContainer hooks.
+    Start {
+        /// The OCI state for startContainer hooks, when config.json has some.
+        #[serde(default)]
+        hook_state: Option<serde_json::Value>,
+    },
+    /// Attach the taps sent with this request (in order) to the VM's spare network
+    /// devices and configure the interfaces in the guest.
+    AttachNetwork {
+        /// The interfaces, as the agent gets them.
+        interfaces: Vec<husk_protocol::GuestInterface>,
+    },
     /// Signal the container's process (or all of its processes).
     Kill {
         /// Signal number.
@@ -44,6 +55,9 @@ pub enum ControlRequest {
         /// The exec client's pid.
         pid: i32,
     },
+    /// Make a system call the control role's seccomp filter forbids. Honoured only by a
+    /// sandbox started with `HUSK_TEST_SECCOMP_VIOLATION=1` (tests of the confinement).
+    TestSeccompViolation,
 }
 
 /// The sandbox's answer.
@@ -80,39 +94,190 @@ impl ControlResponse {
     }
 }
 
-/// Sends `req` to the sandbox whose state directory is `dir`.
+/// Sends `req` to the sandbox whose jail (see [`ContainerDir::jail`]) is `dir`.
 pub fn request(dir: &Path, req: ControlRequest, timeout: Duration) -> Result<ControlResponse> {
+    request_with_fds(dir, req, &[], timeout)
+}
+
+/// Sends `req` with descriptors attached.
+pub fn request_with_fds(
+    dir: &Path,
+    req: ControlRequest,
+    fds: &[RawFd],
+    timeout: Duration,
+) -> Result<ControlResponse> {
     let sockets = SocketDir::open(dir)?;
     let mut s = UnixStream::connect(sockets.socket(ContainerDir::CONTROL_SOCKET))
         .context("connecting to the container's sandbox process")?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write_frame(&mut s, &req).context("sending to the sandbox process")?;
+    crate::fdpass::send_frame(&s, &req, fds).context("sending to the sandbox process")?;
     read_frame(&mut s).context("reading the sandbox process's answer")
 }
 
-/// Serves control requests with `handler`, one thread per connection, forever.
-pub fn serve(
+/// Most control connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 16;
+/// A connection has this long to send its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A control handler: the request and the descriptors that came with it.
+pub type Handler = Arc<dyn Fn(ControlRequest, Vec<OwnedFd>) -> ControlResponse + Send + Sync>;
+
+/// Requests being handled, so that the sandbox answers them before it exits.
+#[derive(Debug, Default)]
+pub struct Busy {
+    n: std::sync::Mutex<usize>,
+    cv: std::sync::Condvar,
+}
+
+impl Busy {
+    fn enter(&self) {
+        *self.n.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    }
+
+    fn leave(&self) {
+        *self.n.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.cv.notify_all();
+    }
+
+    /// Waits up to `timeout` until no request is being handled.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let g = self.n.lock().unwrap_or_else(|p| p.into_inner());
+        let (g, _) = self
+            .cv
+            .wait_timeout_while(g, timeout, |n| *n > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        *g == 0
+    }
+}
+
+/// Serves control requests with `handler` forever, a thread per connection and at most
+/// [`MAX_CONNECTIONS`] at once, each given [`REQUEST_TIMEOUT`] to send its request;
+/// `busy` counts the requests being handled.
+pub fn serve(listener: UnixListener, handler: Handler, busy: Arc<Busy>) {
+    serve_with(listener, handler, MAX_CONNECTIONS, REQUEST_TIMEOUT, busy)
+}
+
+/// [`serve`] with its limits as parameters (tests use small ones).
+pub fn serve_with(
     listener: UnixListener,
-    handler: Arc<dyn Fn(ControlRequest) -> ControlResponse + Send + Sync>,
+    handler: Handler,
+    max: usize,
+    timeout: Duration,
+    busy: Arc<Busy>,
 ) {
-    for conn in listener.incoming() {
-        let Ok(mut conn) = conn else {
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
+    let slots = Arc::new((std::sync::Mutex::new(0usize), std::sync::Condvar::new()));
+    loop {
+        {
+            // Wait for a free slot before accepting: idle connections cannot make the
+            // sandbox start threads without bound.
+            let (count, cv) = &*slots;
+            let mut n = count.lock().unwrap_or_else(|p| p.into_inner());
+            while *n >= max {
+                n = cv.wait(n).unwrap_or_else(|p| p.into_inner());
+            }
+            *n += 1;
+        }
+        let release = {
+            let slots = slots.clone();
+            move || {
+                let (count, cv) = &*slots;
+                *count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+                cv.notify_one();
+            }
         };
-        let handler = handler.clone();
-        let _ = std::thread::Builder::new()
+        let mut conn = match listener.accept() {
+            Ok((c, _)) => c,
+            Err(_) => {
+                release();
+                // Out of descriptors, most likely: let some connections finish.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let (handler, busy) = (handler.clone(), busy.clone());
+        let spawned = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-                let resp = match read_frame::<_, ControlRequest>(&mut conn) {
-                    Ok(req) => handler(req),
-                    Err(e) => ControlResponse::Error {
+                let _ = conn.set_read_timeout(Some(timeout));
+                let _ = conn.set_write_timeout(Some(timeout));
+                let resp = match crate::fdpass::recv_frame::<ControlRequest>(&conn) {
+                    Ok((req, fds)) => {
+                        busy.enter();
+                        let resp = handler(req, fds);
+                        let _ = write_frame(&mut conn, &resp);
+                        busy.leave();
+                        None
+                    }
+                    Err(e) => Some(ControlResponse::Error {
                         message: format!("bad control request: {e}"),
-                    },
+                    }),
                 };
-                let _ = write_frame(&mut conn, &resp);
+                if let Some(resp) = resp {
+                    let _ = write_frame(&mut conn, &resp);
+                }
+                drop(conn);
+                release();
             });
+        if spawned.is_err() {
+            // The closure (and with it the slot's release) was dropped unrun.
+            let (count, cv) = &*slots;
+            *count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+            cv.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn threads() -> usize {
+        std::fs::read_dir("/proc/self/task").unwrap().count()
+    }
+
+    #[test]
+    fn idle_connections_cannot_make_the_server_start_threads_without_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let handler: Handler = Arc::new(|_, _| ControlResponse::State {
+            status: Status::Running,
+        });
+        std::thread::spawn(move || {
+            serve_with(
+                listener,
+                handler,
+                4,
+                Duration::from_millis(500),
+                Arc::default(),
+            )
+        });
+        let before = threads();
+        let idle: Vec<UnixStream> = (0..50)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let during = threads();
+        assert!(
+            during <= before + 4,
+            "{} threads for 50 idle connections",
+            during - before
+        );
+        // A real request is answered once the idle ones have timed out.
+        let started = Instant::now();
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write_frame(&mut s, &ControlRequest::State).unwrap();
+        let resp: ControlResponse = read_frame(&mut s).unwrap();
+        assert_eq!(
+            resp,
+            ControlResponse::State {
+                status: Status::Running
+            }
+        );
+        assert!(started.elapsed() < Duration::from_secs(20));
+        drop(idle);
     }
 }

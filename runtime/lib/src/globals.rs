@@ -18,8 +18,8 @@ pub struct Globals {
     pub root: PathBuf,
     /// `--log`, `--log-format`, `--debug`.
     pub log: LogConfig,
-    /// `--systemd-cgroup`: accepted and ignored; resource limits apply to the whole VM
-    /// (its memory and vCPUs) and, inside the guest, to the container's cgroup.
+    /// `--systemd-cgroup`: `linux.cgroupsPath` is systemd's `slice:prefix:name` (the
+    /// sandbox's host cgroup, see [`crate::sandbox::cgroup`]).
     pub systemd_cgroup: bool,
 }
 
@@ -36,6 +36,9 @@ impl Globals {
         args.push(self.log.format.as_str().into());
         if self.log.debug {
             args.push("--debug".into());
+        }
+        if self.systemd_cgroup {
+            args.push("--systemd-cgroup".into());
         }
         args
     }

@@ -12,14 +12,19 @@
 //! - [`rootfs`]: the container's root filesystem (cached read-only layers, a scratch disk);
 //!   [`shares`]: host directories and files shared with the guest; [`mounts`]: the host's
 //!   mount table and removing a directory without reaching through a mount.
+//! - [`network`]: the container's network namespace, taps and tc redirects; [`hooks`]: OCI
+//!   hooks on the host; [`fdpass`]: frames that carry descriptors (taps to the sandbox).
 
 pub mod agent;
 pub mod bundle;
 pub mod container;
 pub mod control;
+pub mod fdpass;
 pub mod globals;
+pub mod hooks;
 pub mod logging;
 pub mod mounts;
+pub mod network;
 pub mod pod;
 pub mod procfs;
 pub mod rootfs;

@@ -124,14 +124,30 @@ pub fn report_error(config: &LogConfig, message: &str) {
     }
 }
 
-/// Folds a multi-line message (e.g. a tool's stderr) into one line.
+/// Folds a multi-line message (e.g. a tool's stderr) into one line, with every other
+/// control character escaped: messages carry text from the guest (an agent's error),
+/// which must not be able to drive the operator's terminal.
 pub fn one_line(message: &str) -> String {
     message
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
+        .map(escape_controls)
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// `s` with control characters written as escapes (`\x1b`, `\u{9b}`).
+pub fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `{"level":..,"msg":..,"time":..}` plus `extra` fields, newline-terminated.
@@ -253,6 +269,15 @@ mod tests {
     #[test]
     fn multi_line_messages_become_one_line() {
         assert_eq!(one_line("a\n\n  b  \nc"), "a; b; c");
+    }
+
+    #[test]
+    fn guest_text_cannot_drive_the_terminal() {
+        let hostile = "exec failed\x1b]0;pwned\x07\x1b[2J\rclean\u{9b}31m\x00";
+        let line = one_line(hostile);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.starts_with("exec failed"), "{line}");
+        assert!(line.contains("\\u{1b}]0;pwned"), "{line}");
     }
 
     #[test]

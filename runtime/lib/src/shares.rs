@@ -342,6 +342,13 @@ impl Shares {
         &self.names
     }
 
+    /// Leaves the mounts to the mount namespace they were made in, which ends with the
+    /// process (a jailed sandbox's): nothing is unmounted, and the empty directories go
+    /// with the state directory.
+    pub fn leave_to_namespace(&mut self) {
+        self.active = false;
+    }
+
     /// Unmounts everything and removes the two directories.
     pub fn teardown(&mut self) -> Result<()> {
         if !self.active {

@@ -420,6 +420,36 @@ impl TaskService {
         f(c)
     }
 
+    /// Pauses or resumes container `id` with `op` (under its state lock) and records
+    /// `status` for its init process.
+    fn freeze(
+        &self,
+        id: &str,
+        op: fn(
+            &husk_runtime::state::ContainerDir,
+            &mut husk_runtime::state::ContainerRecord,
+        ) -> anyhow::Result<()>,
+        status: Status,
+    ) -> TtrpcResult<()> {
+        let dir = self.with_container(id, |c| {
+            if c.member.is_some() {
+                // The VM is the pod's: freezing it would freeze every container of the pod.
+                return Err(unimplemented("Pause and Resume of one container of a pod"));
+            }
+            Ok(c.dir.clone())
+        })?;
+        dir.lock()
+            .and_then(|_lock| {
+                let mut rec = dir.load()?;
+                op(&dir, &mut rec)
+            })
+            .map_err(to_ttrpc)?;
+        self.with_container(id, |c| {
+            c.init.status = status;
+            Ok(())
+        })
+    }
+
     fn start_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<i32> {
         // The exec child is spawned without the lock: it waits for the guest.
         let (globals, plan, paths) = self.with_container(id, |c| {
@@ -442,7 +472,7 @@ impl TaskService {
                 c.globals.clone(),
                 ExecPlan {
                     container_id: id.to_owned(),
-                    state_dir: c.dir.path().to_owned(),
+                    sandbox_dir: c.dir.jail(),
                     agent,
                     process: p.spec.clone().unwrap_or_default(),
                     console_socket: None,
@@ -726,23 +756,11 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
-        let dir = self.with_container(&req.id, |c| {
-            if c.member.is_some() {
-                // The VM is the pod's: freezing it would freeze every container of the pod.
-                return Err(unimplemented("Pause of one container of a pod"));
-            }
-            Ok(c.dir.clone())
-        })?;
-        dir.lock()
-            .and_then(|_lock| {
-                let mut rec = dir.load()?;
-                husk_runtime::container::pause::pause(&dir, &mut rec)
-            })
-            .map_err(to_ttrpc)?;
-        self.with_container(&req.id, |c| {
-            c.init.status = Status::PAUSED;
-            Ok(())
-        })?;
+        self.freeze(
+            &req.id,
+            husk_runtime::container::pause::pause,
+            Status::PAUSED,
+        )?;
         self.publish(TaskPaused {
             container_id: req.id.clone(),
             ..Default::default()
@@ -751,23 +769,11 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
-        let dir = self.with_container(&req.id, |c| {
-            if c.member.is_some() {
-                // The VM is the pod's: freezing it would freeze every container of the pod.
-                return Err(unimplemented("Resume of one container of a pod"));
-            }
-            Ok(c.dir.clone())
-        })?;
-        dir.lock()
-            .and_then(|_lock| {
-                let mut rec = dir.load()?;
-                husk_runtime::container::pause::resume(&dir, &mut rec)
-            })
-            .map_err(to_ttrpc)?;
-        self.with_container(&req.id, |c| {
-            c.init.status = Status::RUNNING;
-            Ok(())
-        })?;
+        self.freeze(
+            &req.id,
+            husk_runtime::container::pause::resume,
+            Status::RUNNING,
+        )?;
         self.publish(TaskResumed {
             container_id: req.id.clone(),
             ..Default::default()

@@ -46,7 +46,7 @@ pub fn run(g: &Globals, args: Exec) -> Result<i32> {
     }
     let plan = ExecPlan {
         container_id: args.container_id.clone(),
-        state_dir: dir.path().to_owned(),
+        sandbox_dir: dir.jail(),
         agent,
         process,
         console_socket: args

@@ -7,6 +7,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use husk_runtime::container::create::{create, CreateOptions, Created};
+use husk_runtime::container::delete;
 use husk_runtime::container::start::start;
 use husk_runtime::Globals;
 
@@ -34,6 +35,12 @@ pub fn run(g: &Globals, args: Run) -> Result<i32> {
     if let Err(e) = started {
         let _ = sandbox.kill();
         let _ = sandbox.wait();
+        if let Ok(rec) = dir.load() {
+            if let Err(e) = delete::remove_cgroup(&dir, &rec) {
+                tracing::warn!("{e:#}");
+            }
+            delete::release(&dir, &rec, None);
+        }
         let _ = dir.remove();
         return Err(e);
     }
@@ -60,6 +67,10 @@ pub fn run(g: &Globals, args: Run) -> Result<i32> {
     };
     if !args.keep {
         let _lock = dir.lock()?;
+        if let Ok(rec) = dir.load() {
+            delete::remove_cgroup(&dir, &rec)?;
+            delete::release(&dir, &rec, None);
+        }
         dir.remove()?;
     }
     Ok(code)

@@ -128,13 +128,17 @@ pub fn run(args: VmRunArgs) -> Result<i32> {
         vcpus: args.cpus,
         mem_mib: args.memory,
         disks,
+        nets: Vec::new(),
         vsock: Some(VsockConfig {
             guest_cid: GUEST_CID,
             uds_path: uds.clone(),
         }),
         fs: None,
         serial_log: args.serial_log.clone(),
+        seccomp: true,
     };
+    // A VM thread's seccomp violation is reported on stderr and ends husk with 159.
+    husk_vmm::seccomp::install_violation_handler(libc::STDERR_FILENO, false)?;
     let vm = husk_vmm::start_vm(&config).context("starting the microVM")?;
     let hint = match &args.serial_log {
         Some(p) => format!("the guest's console is in {}", p.display()),
@@ -163,8 +167,10 @@ pub fn run(args: VmRunArgs) -> Result<i32> {
         Outcome::GuestEnded(exit) => bail!("the microVM failed: {}; {hint}", describe(&exit)),
     };
 
-    // Power the guest off; it answers first, then resets the machine.
-    let _ = agent.call(Request::Shutdown);
+    // Power the guest off; it answers first, then resets the machine. An answer that
+    // never comes (a guest that ignores it, or one lost as the guest resets) is no
+    // reason to wait: the VM's end is what counts.
+    let _ = agent.call_within(Request::Shutdown, Duration::from_secs(10));
     let exit = match vm.wait_timeout(Duration::from_secs(30)) {
         Some(exit) => exit,
         None => {

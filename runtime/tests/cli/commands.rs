@@ -52,6 +52,17 @@ fn features_prints_runc_shaped_json() {
         .as_array()
         .unwrap()
         .contains(&"pid".into()));
+    assert_eq!(
+        v["hooks"],
+        serde_json::json!([
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "poststart",
+            "poststop"
+        ])
+    );
 }
 
 #[test]

@@ -66,7 +66,7 @@ fn unknown_signal_name_is_refused() {
 }
 
 /// Creates with a broken bundle and checks the failure is clean.
-fn assert_create_fails_cleanly(env: &Env, bundle: &Bundle, needle: &str) {
+pub fn assert_create_fails_cleanly(env: &Env, bundle: &Bundle, needle: &str) {
     let id = unique_id("bad");
     let pid_file = env.root().join("pid");
     let o = env.fails(

@@ -4,6 +4,8 @@
 mod commands;
 mod errors;
 mod exec;
+mod hardening;
+mod hooks_network;
 mod lifecycle;
 mod stdio;
 mod storage;

@@ -23,9 +23,12 @@ use crate::devices::legacy::PortIoBus;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::net::tap::{FrameIo, Tap};
+use crate::devices::virtio::net::{Net, NetHandle, NetParams};
 use crate::devices::virtio::vsock::Vsock;
-use crate::devices::virtio::{EventRegistrar, Interrupt, VirtioDevice};
-use crate::vstate::vcpu::{create_vcpus, install_kick_handler, kick_signal};
+use crate::devices::virtio::{DeviceNeeds, EventRegistrar, Interrupt, VirtioDevice};
+use crate::seccomp::{self, RoleFilter, ThreadRole};
+use crate::vstate::vcpu::{create_vcpus, install_kick_handler, kick_signal, Vcpu};
 use crate::vstate::vm::{create_memory, create_vm, open_kvm};
 use crate::{VmConfig, VmmError};
 
@@ -51,12 +54,34 @@ fn validate(config: &VmConfig) -> Result<(), VmmError> {
             config.mem_mib
         )));
     }
-    let devices =
-        config.disks.len() + usize::from(config.vsock.is_some()) + usize::from(config.fs.is_some());
+    let devices = config.disks.len()
+        + usize::from(config.vsock.is_some())
+        + usize::from(config.fs.is_some())
+        + config.nets.len();
     if devices > (IRQ_MAX - VIRTIO_IRQ_START + 1) as usize {
         return Err(VmmError::Config(format!(
             "{devices} devices requested; too many"
         )));
+    }
+    for (i, n) in config.nets.iter().enumerate() {
+        if n.mac[0] & 1 != 0 || n.mac == [0; 6] {
+            return Err(VmmError::Config(format!(
+                "network device {i}: MAC {:02x?} is multicast or zero",
+                n.mac
+            )));
+        }
+        if config.nets[..i].iter().any(|o| o.mac == n.mac) {
+            return Err(VmmError::Config(format!(
+                "network devices share the MAC {:02x?}",
+                n.mac
+            )));
+        }
+        if n.mtu.is_some_and(|m| m < 68) {
+            return Err(VmmError::Config(format!(
+                "network device {i}: MTU {} is below 68",
+                n.mtu.unwrap_or(0)
+            )));
+        }
     }
     if let Some(v) = &config.vsock {
         if v.guest_cid < 3 || v.guest_cid > u64::from(u32::MAX) {
@@ -84,9 +109,15 @@ pub struct RunningVm {
     _mem: GuestMemoryMmap,
     _vm: VmFd,
     bus: Arc<MmioBus>,
+    nets: Vec<NetHandle>,
 }
 
 impl RunningVm {
+    /// Network device `index` (in [`VmConfig::nets`] order), to attach a tap to it.
+    pub fn net(&self, index: usize) -> Option<&NetHandle> {
+        self.nets.get(index)
+    }
+
     /// Asks the VM to stop; [`RunningVm::wait`] then returns [`VmExit::Stopped`] unless
     /// the guest ended first.
     pub fn stop(&self) {
@@ -201,6 +232,7 @@ const HALT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 fn spawn_halt_watchdog(
     control: &Arc<VmControl>,
     vcpus: &[JoinHandle<()>],
+    filter: Option<RoleFilter>,
 ) -> Result<JoinHandle<()>, VmmError> {
     use std::os::unix::thread::JoinHandleExt;
     let threads: Vec<libc::pthread_t> = vcpus.iter().map(|h| h.as_pthread_t()).collect();
@@ -208,6 +240,9 @@ fn spawn_halt_watchdog(
     std::thread::Builder::new()
         .name("husk-watchdog".into())
         .spawn(move || {
+            if !confine_thread(filter.as_ref(), &control) {
+                return;
+            }
             while control.wait_exit(HALT_CHECK_INTERVAL).is_none() {
                 if control.pause_requested() {
                     continue;
@@ -223,8 +258,30 @@ fn spawn_halt_watchdog(
         .map_err(setup("spawning the halt watchdog"))
 }
 
-/// Builds the VM described by `config` and starts it.
+/// A VM that is built (memory, kernel, devices, vCPUs configured, every file it needs
+/// open) but not running: the moment to confine the process, before the guest runs.
+pub struct BuiltVm {
+    vcpus: Vec<Vcpu>,
+    control: Arc<VmControl>,
+    device_loop: DeviceLoop,
+    device_stop: EventFd,
+    pio: Arc<PortIoBus>,
+    bus: Arc<MmioBus>,
+    needs: DeviceNeeds,
+    mem: GuestMemoryMmap,
+    vm: VmFd,
+    nets: Vec<NetHandle>,
+}
+
+/// Builds the VM described by `config` and starts it, each thread under its role's
+/// seccomp filter when `config.seccomp` is set.
 pub fn start_vm(config: &VmConfig) -> Result<RunningVm, VmmError> {
+    let seccomp = config.seccomp;
+    build_vm(config)?.start(seccomp)
+}
+
+/// Builds the VM described by `config` without running it.
+pub fn build_vm(config: &VmConfig) -> Result<BuiltVm, VmmError> {
     validate(config)?;
     install_kick_handler().map_err(setup("installing the vCPU kick signal handler"))?;
     let kvm = open_kvm()?;
@@ -257,11 +314,15 @@ pub fn start_vm(config: &VmConfig) -> Result<RunningVm, VmmError> {
         devices.push(Box::new(dev));
     }
     attach_fs_device(config, &mut devices)?;
+    let nets = attach_net_devices(config, &mut devices)?;
 
     let epoll = Arc::new(Epoll::new().map_err(setup("epoll"))?);
     let mut bus = MmioBus::default();
     let mut queue_evts = Vec::new();
+    let mut work_evts = Vec::new();
+    let mut needs = DeviceNeeds::default();
     for (i, device) in devices.into_iter().enumerate() {
+        needs.merge(&device.confinement());
         let irq = VIRTIO_IRQ_START + i as u32;
         let base = MmioBus::window_base(i);
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"))?;
@@ -272,12 +333,15 @@ pub fn start_vm(config: &VmConfig) -> Result<RunningVm, VmmError> {
                 .map_err(setup("KVM_IOEVENTFD"))?;
             queue_evts.push((i as u32, q, evt));
         }
-        let transport = MmioTransport::new(
+        let mut transport = MmioTransport::new(
             device,
             mem.clone(),
             Arc::new(Interrupt::new(irqfd)),
             EventRegistrar::new(epoll.clone(), i as u32),
         );
+        let work = EventFd::new(libc::EFD_NONBLOCK).map_err(setup("eventfd"))?;
+        transport.set_work_eventfd(work.try_clone().map_err(setup("eventfd"))?);
+        work_evts.push((i as u32, work));
         bus.add(Arc::new(Mutex::new(transport)));
         cmdline
             .add_virtio_mmio_device(MMIO_WINDOW_SIZE, GuestAddress(base), irq, None)
@@ -317,34 +381,23 @@ pub fn start_vm(config: &VmConfig) -> Result<RunningVm, VmmError> {
             .add_queue_evt(dev, q, evt)
             .map_err(setup("device loop"))?;
     }
-    let device_stop = device_loop.stop_handle().map_err(setup("eventfd"))?;
-    let device_thread = {
-        let control = control.clone();
-        std::thread::Builder::new()
-            .name("husk-devices".into())
-            .spawn(move || device_loop.run(control))
-            .map_err(setup("spawning the device thread"))?
-    };
-    let pio = Arc::new(PortIoBus::new(serial));
-    let mut handles = Vec::new();
-    for (i, vcpu) in vcpus.into_iter().enumerate() {
-        let (control, pio, bus) = (control.clone(), pio.clone(), bus.clone());
-        let h = std::thread::Builder::new()
-            .name(format!("husk-vcpu{i}"))
-            .spawn(move || vcpu.run(control, pio, bus))
-            .map_err(setup("spawning a vCPU thread"))?;
-        handles.push(h);
+    for (dev, evt) in work_evts {
+        device_loop
+            .add_work_evt(dev, evt)
+            .map_err(setup("device loop"))?;
     }
-    let watchdog = spawn_halt_watchdog(&control, &handles)?;
-    Ok(RunningVm {
+    let device_stop = device_loop.stop_handle().map_err(setup("eventfd"))?;
+    Ok(BuiltVm {
+        vcpus,
         control,
-        watchdog: Some(watchdog),
-        vcpus: handles,
-        device_thread: Some(device_thread),
+        device_loop,
         device_stop,
-        _mem: mem,
-        _vm: vm,
+        pio: Arc::new(PortIoBus::new(serial)),
         bus,
+        needs,
+        mem,
+        vm,
+        nets,
     })
 }
 
@@ -358,4 +411,145 @@ fn attach_fs_device(
         devices.push(Box::new(Fs::new(fs)?));
     }
     Ok(())
+}
+
+/// Adds the virtio-net devices; each one's handle attaches a tap later if it has none.
+fn attach_net_devices(
+    config: &VmConfig,
+    devices: &mut Vec<Box<dyn VirtioDevice>>,
+) -> Result<Vec<NetHandle>, VmmError> {
+    let mut handles = Vec::new();
+    for (i, n) in config.nets.iter().enumerate() {
+        let backend = match &n.tap {
+            Some(fd) => {
+                let fd = fd
+                    .try_clone()
+                    .map_err(setup("duplicating a tap descriptor"))?;
+                let tap = Tap::from_fd(fd)
+                    .map_err(|e| VmmError::Setup(format!("network device {i}: {e}")))?;
+                Some(Box::new(tap) as Box<dyn FrameIo>)
+            }
+            None => None,
+        };
+        let (dev, handle) = Net::new(NetParams {
+            mac: n.mac,
+            mtu: n.mtu,
+            backend,
+        })
+        .map_err(setup("network device"))?;
+        devices.push(Box::new(dev));
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+/// The seccomp filters of a VM's threads.
+struct VmFilters {
+    vcpu: RoleFilter,
+    device: RoleFilter,
+    watchdog: RoleFilter,
+}
+
+impl VmFilters {
+    fn compile(needs: &DeviceNeeds) -> Result<Self, VmmError> {
+        let mut device = seccomp::device::allowlist();
+        device.merge(&needs.syscalls);
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        Ok(Self {
+            vcpu: RoleFilter::compile(ThreadRole::Vcpu, &seccomp::vcpu::allowlist())
+                .map_err(setup("seccomp"))?,
+            device: RoleFilter::compile(ThreadRole::Device, &device).map_err(setup("seccomp"))?,
+            watchdog: RoleFilter::compile(
+                ThreadRole::Control,
+                &seccomp::control::allowlist(pid, kick_signal()),
+            )
+            .map_err(setup("seccomp"))?,
+        })
+    }
+}
+
+/// Installs `filter` (if any) on the calling thread; if that fails the VM ends, since the
+/// thread must not serve the guest unconfined.
+fn confine_thread(filter: Option<&RoleFilter>, control: &VmControl) -> bool {
+    match filter.map(RoleFilter::install).transpose() {
+        Ok(_) => true,
+        Err(e) => {
+            control.finish(VmExit::Error(e.to_string()));
+            false
+        }
+    }
+}
+
+impl BuiltVm {
+    /// What the VM's devices need from the process's confinement.
+    pub fn confinement_needs(&self) -> &DeviceNeeds {
+        &self.needs
+    }
+
+    /// Starts the device thread, the vCPU threads and the halt watchdog. With `seccomp`,
+    /// each first installs its role's filter (vCPU, device, control for the watchdog).
+    pub fn start(self, seccomp: bool) -> Result<RunningVm, VmmError> {
+        let filters = if seccomp {
+            Some(Arc::new(VmFilters::compile(&self.needs)?))
+        } else {
+            None
+        };
+        let BuiltVm {
+            vcpus,
+            control,
+            device_loop,
+            device_stop,
+            pio,
+            bus,
+            needs: _,
+            mem,
+            vm,
+            nets,
+        } = self;
+        let device_thread = {
+            let (control, filters) = (control.clone(), filters.clone());
+            std::thread::Builder::new()
+                .name("husk-devices".into())
+                .spawn(move || {
+                    if confine_thread(filters.as_ref().map(|f| &f.device), &control) {
+                        device_loop.run(control);
+                    }
+                })
+                .map_err(setup("spawning the device thread"))?
+        };
+        let mut handles = Vec::new();
+        for (i, vcpu) in vcpus.into_iter().enumerate() {
+            let (control, pio, bus) = (control.clone(), pio.clone(), bus.clone());
+            let filters = filters.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("husk-vcpu{i}"))
+                .spawn(move || {
+                    if confine_thread(filters.as_ref().map(|f| &f.vcpu), &control) {
+                        let what = format!("vCPU {i}");
+                        control
+                            .clone()
+                            .run_guarded(&what, || vcpu.run(control, pio, bus));
+                    }
+                })
+                .map_err(setup("spawning a vCPU thread"))?;
+            handles.push(h);
+        }
+        let watchdog = spawn_halt_watchdog(
+            &control,
+            &handles,
+            filters.as_ref().map(|f| f.watchdog.clone()),
+        )?;
+        Ok(RunningVm {
+            control,
+            watchdog: Some(watchdog),
+            vcpus: handles,
+            device_thread: Some(device_thread),
+            device_stop,
+            _mem: mem,
+            _vm: vm,
+            bus,
+            nets,
+        })
+    }
 }

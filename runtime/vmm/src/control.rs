@@ -150,6 +150,28 @@ impl VmControl {
     }
 }
 
+impl VmControl {
+    /// Runs `body` (a VM thread's work); if it panics, the VM ends with an error naming
+    /// `what` instead of losing the thread silently (a vCPU that is gone would leave the
+    /// guest hung, and the VM with it).
+    pub fn run_guarded(&self, what: &str, body: impl FnOnce()) {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+            let msg = panic_message(panic.as_ref());
+            tracing::error!("{what} panicked: {msg}");
+            self.finish(VmExit::Error(format!("{what} failed: {msg}")));
+        }
+    }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +211,21 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+    }
+
+    #[test]
+    fn a_panicking_vm_thread_ends_the_vm_with_an_error() {
+        let c = Arc::new(VmControl::new(1).unwrap());
+        let c2 = c.clone();
+        std::thread::spawn(move || {
+            c2.run_guarded("vCPU 0", || panic!("bad exit {}", 7));
+        })
+        .join()
+        .expect("the panic does not escape the thread");
+        assert_eq!(
+            c.wait_exit(Duration::from_secs(5)),
+            Some(VmExit::Error("vCPU 0 failed: bad exit 7".into()))
+        );
     }
 
     #[test]

@@ -16,6 +16,9 @@ use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE};
 use crate::devices::virtio::{epoll_token, split_token, DEVICE_TOKEN_BASE};
 
 const STOP_TOKEN: u64 = u64::MAX;
+/// Local token of a transport's work eventfd (below the devices' own tokens, above any
+/// queue index).
+const WORK_TOKEN: u32 = DEVICE_TOKEN_BASE - 1;
 
 /// The virtio-mmio devices, one 4 KiB window each from [`VIRTIO_MMIO_START`].
 #[derive(Default)]
@@ -113,6 +116,11 @@ impl DeviceLoop {
         Ok(())
     }
 
+    /// Watches `evt`, the work eventfd of device `device`'s transport.
+    pub fn add_work_evt(&mut self, device: u32, evt: EventFd) -> std::io::Result<()> {
+        self.add_queue_evt(device, WORK_TOKEN, evt)
+    }
+
     /// A handle that makes [`DeviceLoop::run`] return.
     pub fn stop_handle(&self) -> std::io::Result<EventFd> {
         self.stop_evt.try_clone()
@@ -121,6 +129,10 @@ impl DeviceLoop {
     /// Runs until stopped. A device that panics ends the VM with an error instead of
     /// leaving the guest waiting on a dead device forever.
     pub fn run(self, control: Arc<VmControl>) {
+        self.serve(&control);
+    }
+
+    fn serve(self, control: &VmControl) {
         let mut events = vec![EpollEvent::default(); 64];
         loop {
             let n = match self.epoll.wait(-1, &mut events) {
@@ -137,11 +149,7 @@ impl DeviceLoop {
                 }
                 let result = catch_unwind(AssertUnwindSafe(|| self.dispatch(ev)));
                 if let Err(panic) = result {
-                    let msg = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
+                    let msg = crate::control::panic_message(panic.as_ref());
                     error!("device model panicked: {msg}");
                     control.finish(VmExit::Error(format!("a device model failed: {msg}")));
                     return;
@@ -160,7 +168,11 @@ impl DeviceLoop {
                 // Drain the counter; one notify covers any number of kicks.
                 let _ = evt.read();
             }
-            lock(transport).queue_notify(local as usize);
+            if local == WORK_TOKEN {
+                lock(transport).run_pending();
+            } else {
+                lock(transport).queue_notify(local as usize);
+            }
         } else {
             lock(transport).handle_event(local - DEVICE_TOKEN_BASE, ev.event_set());
         }

@@ -12,11 +12,16 @@ pub mod config;
 pub mod control;
 pub mod device_manager;
 pub mod devices;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
+pub mod ratelimit;
+pub mod seccomp;
 pub mod vstate;
 
-pub use builder::{start_vm, RunningVm};
-pub use config::{DiskConfig, FsConfig, VmConfig, VsockConfig};
+pub use builder::{build_vm, start_vm, BuiltVm, RunningVm};
+pub use config::{DiskConfig, FsConfig, NetConfig, VmConfig, VsockConfig};
 pub use control::VmExit;
+pub use devices::virtio::net::NetHandle;
 
 /// Everything that can go wrong building a VM, each naming what it was about.
 #[derive(Debug, thiserror::Error)]

@@ -155,14 +155,23 @@ impl ContainerHost {
         Self::with_agent_args(&[])
     }
 
+    /// Like [`new`](Self::new), with the agent in a network namespace of its own.
+    pub fn with_own_network() -> ContainerHost {
+        Self::with_agent(TestAgent::start_in_own_mount_and_network_namespaces)
+    }
+
     /// Like [`new`](Self::new), with more arguments for the agent.
     pub fn with_agent_args(args: &[&str]) -> ContainerHost {
+        Self::with_agent(|| TestAgent::start_in_own_mount_namespace_with(args))
+    }
+
+    fn with_agent(start: impl FnOnce() -> TestAgent) -> ContainerHost {
         assert!(
             super::cgroup2_mount().is_some(),
             "container tests need a cgroup v2 hierarchy mounted on this host"
         );
         let disk = busybox_root_device();
-        let agent = TestAgent::start_in_own_mount_namespace_with(args);
+        let agent = start();
         let client = agent.client();
         ContainerHost {
             agent,

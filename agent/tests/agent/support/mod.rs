@@ -55,6 +55,22 @@ impl TestAgent {
         )
     }
 
+    /// Like [`start_in_own_mount_namespace`](Self::start_in_own_mount_namespace), in a
+    /// network namespace of its own too (standing in for the guest's).
+    pub fn start_in_own_mount_and_network_namespaces() -> TestAgent {
+        Self::launch(
+            &[
+                "unshare",
+                "--mount",
+                "--net",
+                "--propagation",
+                "private",
+                "--",
+            ],
+            &[],
+        )
+    }
+
     fn launch(wrapper: &[&str], args: &[&str]) -> TestAgent {
         let dir = tempfile::tempdir().expect("temp dir");
         let control = dir.path().join("agent.sock");

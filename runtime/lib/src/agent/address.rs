@@ -27,3 +27,17 @@ pub enum AgentAddress {
         stdio_prefix: String,
     },
 }
+
+impl AgentAddress {
+    /// The same sockets named from directory `dir` instead: the sandbox names them
+    /// relative to its jail (`.`), the only directory it has once confined.
+    pub fn in_dir(&self, dir: &std::path::Path) -> Self {
+        let mut a = self.clone();
+        match &mut a {
+            AgentAddress::Vsock { dir: d, .. } | AgentAddress::Unix { dir: d, .. } => {
+                *d = dir.to_owned()
+            }
+        }
+        a
+    }
+}

@@ -13,6 +13,8 @@ use husk_protocol::{
 
 /// Longest `OK <port>\n` answer the VMM's vsock device sends.
 const MAX_HANDSHAKE_LINE: usize = 32;
+/// How long the agent has to answer the version handshake once connected.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens a stream to guest vsock `port` through the VMM's hybrid vsock socket `uds`.
 /// Fails (rather than waits) if nothing listens on that port in the guest yet.
@@ -84,14 +86,30 @@ impl AgentClient {
 
     /// Performs the version handshake on a stream already connected to the agent.
     pub fn handshake(stream: UnixStream) -> Result<Self> {
+        Self::handshake_within(stream, HANDSHAKE_TIMEOUT)
+    }
+
+    /// [`AgentClient::handshake`], failing if the agent has not answered within
+    /// `timeout`: a guest that accepts the connection and then says nothing must not
+    /// hold up the caller.
+    pub fn handshake_within(stream: UnixStream, timeout: Duration) -> Result<Self> {
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
         let mut c = Self {
             stream,
             next_id: 1,
             kernel_release: String::new(),
         };
-        match c.call(Request::Hello {
-            version: PROTOCOL_VERSION,
-        })? {
+        let answer = c
+            .call(Request::Hello {
+                version: PROTOCOL_VERSION,
+            })
+            .with_context(|| {
+                format!("the agent did not complete the handshake within {timeout:?}")
+            })?;
+        c.stream.set_read_timeout(None)?;
+        c.stream.set_write_timeout(None)?;
+        match answer {
             Response::Hello {
                 version,
                 kernel_release,
@@ -119,6 +137,17 @@ impl AgentClient {
     pub fn call(&mut self, req: Request) -> Result<Response> {
         let id = self.send(req)?;
         self.recv(id)
+    }
+
+    /// [`AgentClient::call`], failing if the exchange takes longer than `timeout` (a
+    /// guest that never answers must not hold the caller).
+    pub fn call_within(&mut self, req: Request, timeout: Duration) -> Result<Response> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        self.stream.set_write_timeout(Some(timeout))?;
+        let answer = self.call(req);
+        self.stream.set_read_timeout(None)?;
+        self.stream.set_write_timeout(None)?;
+        answer
     }
 
     /// Sends `req` without waiting; returns its id for [`AgentClient::recv`].
@@ -152,5 +181,36 @@ impl AgentClient {
             }
             // Responses to earlier, abandoned requests: skip them.
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_within_a_time_fails_when_the_guest_never_answers() {
+        let (ours, _silent_guest) = UnixStream::pair().unwrap();
+        let mut c = AgentClient {
+            stream: ours,
+            next_id: 1,
+            kernel_release: String::new(),
+        };
+        let started = Instant::now();
+        assert!(c
+            .call_within(Request::Shutdown, Duration::from_millis(200))
+            .is_err());
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_agent_that_never_answers_the_handshake_fails_it_in_time() {
+        let (ours, _silent_guest) = UnixStream::pair().unwrap();
+        let started = Instant::now();
+        let err = AgentClient::handshake_within(ours, Duration::from_millis(200))
+            .err()
+            .expect("no answer is an error");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(format!("{err:#}").contains("handshake"), "{err:#}");
     }
 }

@@ -35,10 +35,23 @@ pub struct Pending {
     shared: Arc<Mutex<MuxState>>,
 }
 
+/// How long one request may take to write: a guest that stops reading (zero credit)
+/// must not block the writer, and everyone waiting for the writer, forever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl AgentMux {
     /// Takes over `client`'s connection; a thread reads and dispatches the responses.
     pub fn new(client: AgentClient) -> Result<Arc<Self>> {
         let (stream, _) = client.into_parts();
+        Self::over(stream, WRITE_TIMEOUT)
+    }
+
+    /// A mux over a connection after its handshake; a write that takes longer than
+    /// `write_timeout` fails, and with it the connection.
+    pub fn over(stream: UnixStream, write_timeout: Duration) -> Result<Arc<Self>> {
+        stream
+            .set_write_timeout(Some(write_timeout))
+            .context("setting the agent connection's write timeout")?;
         let mut reader = stream
             .try_clone()
             .context("duplicating the agent connection")?;
@@ -115,7 +128,23 @@ impl AgentMux {
 
     fn write(&self, id: u64, req: Request) -> Result<()> {
         let mut w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        write_frame(&mut *w, &Envelope { id, body: req }).context("sending to the guest agent")
+        if let Some(why) = &self
+            .shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lost
+        {
+            bail!("the connection to the guest agent is lost ({why})");
+        }
+        let written = write_frame(&mut *w, &Envelope { id, body: req });
+        if let Err(e) = &written {
+            // Half a frame may have gone out: the stream is of no further use.
+            let mut st = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            st.lost = Some(format!("sending failed: {e}"));
+            st.waiters.clear();
+            let _ = w.shutdown(Shutdown::Both);
+        }
+        written.context("sending to the guest agent")
     }
 }
 
@@ -181,5 +210,38 @@ pub fn start_process(
         Response::Started { pid } => Ok((pid, streams?)),
         Response::Error { message } => bail!("{what}: {message}"),
         other => bail!("{what}: unexpected answer from the guest agent: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_guest_that_stops_reading_cannot_block_requests_forever() {
+        let (ours, _guest_never_reads) = UnixStream::pair().unwrap();
+        let mux = AgentMux::over(ours, Duration::from_millis(200)).unwrap();
+        let big = Request::Signal {
+            exec_id: "x".repeat(512 << 10),
+            signal: 15,
+            all: false,
+        };
+        let started = Instant::now();
+        let mut failed = false;
+        // The socket buffer takes a few frames; then a write must time out, not hang.
+        for _ in 0..64 {
+            if mux.post(big.clone()).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "writes into a full connection kept succeeding");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // From then on the connection is known lost: requests fail at once.
+        let t = Instant::now();
+        let err = mux.call(Request::Shutdown).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert!(format!("{err:#}").contains("lost"), "{err:#}");
     }
 }

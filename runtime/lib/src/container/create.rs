@@ -7,22 +7,26 @@
 //! sandbox, reaps it and removes the state directory, so a failed create leaves nothing
 //! behind: no process, state directory, image or socket.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use oci_spec::runtime::ContainerState;
 
 use crate::bundle::Bundle;
 use crate::globals::Globals;
+use crate::hooks::{self, Phase};
+use crate::network::{self, NetnsRecord, NetnsSpec, NetworkPlan, NetworkRecord};
 use crate::procfs;
+use crate::sandbox::cgroup::CgroupPlace;
 use crate::sandbox::Readiness;
 use crate::state::{ContainerDir, ContainerLock, ContainerRecord, Status};
 
@@ -63,12 +67,12 @@ pub fn create(g: &Globals, opts: &CreateOptions<'_>) -> Result<Created> {
     if opts.preserve_fds > 0 {
         bail!("--preserve-fds is not supported: descriptors cannot be passed into a microVM");
     }
-    if g.systemd_cgroup {
-        tracing::debug!(
-            "--systemd-cgroup ignored: the microVM is the container's resource boundary"
-        );
-    }
     let bundle = Bundle::load(opts.bundle)?;
+    let netns = network::netns_spec(&bundle.spec)?;
+    let join = match &netns {
+        NetnsSpec::Join(path) => Some(network::open_join_path(path)?),
+        NetnsSpec::New => None,
+    };
     let terminal = bundle.terminal();
     match (terminal, opts.console_socket) {
         (true, None) if !opts.foreground => {
@@ -92,26 +96,52 @@ pub fn create(g: &Globals, opts: &CreateOptions<'_>) -> Result<Created> {
         }
         Err(e) => return Err(e).with_context(|| format!("creating {}", dir.path().display())),
     }
-    let mut guard = RemoveOnFailure(Some(dir.clone()));
+    let mut guard = RemoveOnFailure(Some((dir.clone(), None)));
     let lock = dir.lock()?;
     let mut rec = ContainerRecord::new(opts.id, &bundle.dir, &bundle.rootfs, bundle.annotations());
+    // The sandbox of a microVM joins the container's host cgroup (the test-only process
+    // backend's agent manages cgroups of its own on the host).
+    if crate::sandbox::backend::kind()? == crate::sandbox::backend::Kind::Vm {
+        let place = CgroupPlace::for_container(&bundle, opts.id, g.systemd_cgroup);
+        guard.0 = Some((dir.clone(), Some(place.clone())));
+        rec.husk.cgroup = Some(place);
+    }
     rec.save(&dir.state_file())?;
-    std::fs::write(dir.config_copy(), serde_json::to_vec(&bundle.raw)?)
+    crate::state::record::write_private(&dir.config_copy(), &serde_json::to_vec(&bundle.raw)?)
         .context("saving a copy of config.json")?;
 
     let globals = Globals {
         root: root.clone(),
         ..g.clone()
     };
-    let mut sandbox = spawn_sandbox(&globals, opts, &bundle, terminal)?;
+    let mut sandbox = spawn_sandbox(&globals, opts, &bundle, terminal, join.as_ref())?;
+    drop(join);
     let pid = sandbox.child.id() as i32;
     rec.oci.set_pid(Some(pid));
     rec.husk.sandbox_start_time = procfs::start_time(pid);
-    let outcome = rec
+    let prepared = rec
         .save(&dir.state_file())
-        .and_then(|()| sandbox.wait_ready(create_timeout()));
-    match outcome {
+        .and_then(|()| prepare_network(&bundle, &netns, &dir, &mut rec, &mut sandbox));
+    let outcome = prepared.and_then(|()| sandbox.wait_ready(create_timeout()));
+    let outcome = match outcome {
         Ok(Readiness::Ready { agent, backend }) => {
+            // In the guest the container exists; createContainer hooks run on the host
+            // (see crate::hooks).
+            hooks::run(
+                &bundle.spec,
+                Phase::CreateContainer,
+                &rec.hook_state(ContainerState::Creating),
+            )
+            .map(|()| (agent, backend))
+        }
+        Ok(Readiness::Failed { message }) => {
+            sandbox.kill_and_reap(Duration::from_secs(30));
+            Err(anyhow::anyhow!("{message}"))
+        }
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok((agent, backend)) => {
             rec.husk.agent = Some(agent);
             rec.husk.backend = backend;
             rec.set_status(Status::Created);
@@ -123,6 +153,7 @@ pub fn create(g: &Globals, opts: &CreateOptions<'_>) -> Result<Created> {
                 });
             if let Err(e) = recorded {
                 sandbox.kill_and_reap(Duration::ZERO);
+                super::delete::release(&dir, &rec, Some(&bundle.spec));
                 return Err(e);
             }
             guard.0 = None;
@@ -133,23 +164,69 @@ pub fn create(g: &Globals, opts: &CreateOptions<'_>) -> Result<Created> {
                 lock,
             })
         }
-        Ok(Readiness::Failed { message }) => {
-            sandbox.kill_and_reap(Duration::from_secs(30));
-            bail!("{message}")
-        }
         Err(e) => {
+            // Nothing may stay: the sandbox, the plumbing, the state (the guard); and the
+            // runtime spec wants poststop hooks after a failed create, as runc runs them.
             sandbox.kill_and_reap(Duration::ZERO);
+            super::delete::release(&dir, &rec, Some(&bundle.spec));
             Err(e)
         }
     }
 }
 
-/// Removes a half-created container's directory unless disarmed.
-struct RemoveOnFailure(Option<ContainerDir>);
+/// With the sandbox in its network namespace: runs the prestart and createRuntime hooks
+/// (which may configure that namespace), carries its interfaces to taps, records what was
+/// done, and sends the sandbox the plan and the taps.
+fn prepare_network(
+    bundle: &Bundle,
+    netns: &NetnsSpec,
+    dir: &ContainerDir,
+    rec: &mut ContainerRecord,
+    sandbox: &mut SpawnedSandbox,
+) -> Result<()> {
+    let pid = sandbox.child.id() as i32;
+    let ns = network::netns_of_pid(pid)?;
+    rec.husk.network = Some(NetworkRecord {
+        netns: match netns {
+            NetnsSpec::Join(path) => NetnsRecord::Joined { path: path.clone() },
+            NetnsSpec::New => NetnsRecord::Own {
+                inode: network::inode_of(ns.as_fd()).unwrap_or_default(),
+            },
+        },
+        carried: Vec::new(),
+        spare_slots: 0,
+    });
+    rec.save(&dir.state_file())?;
+    let state = rec.hook_state(ContainerState::Creating);
+    hooks::run(&bundle.spec, Phase::Prestart, &state)?;
+    hooks::run(&bundle.spec, Phase::CreateRuntime, &state)?;
+    let plumbed = network::plumb(ns.as_fd(), &[], None)?;
+    let plan = NetworkPlan::for_create(&plumbed);
+    if let Some(n) = rec.husk.network.as_mut() {
+        n.carried = plumbed.carried.clone();
+        n.spare_slots = plan.devices.iter().filter(|d| !d.tap).count();
+    }
+    rec.save(&dir.state_file())?;
+    let fds: Vec<i32> = plumbed.taps.iter().map(|t| t.as_raw_fd()).collect();
+    if let Err(e) = crate::fdpass::send_frame(&sandbox.channel, &plan, &fds) {
+        // The sandbox is gone: its readiness line (next) says why.
+        tracing::debug!("handing the network to the sandbox: {e:#}");
+    }
+    Ok(())
+}
+
+/// Removes a half-created container's directory and host cgroup unless disarmed (the
+/// sandbox is reaped by then).
+struct RemoveOnFailure(Option<(ContainerDir, Option<CgroupPlace>)>);
 
 impl Drop for RemoveOnFailure {
     fn drop(&mut self) {
-        if let Some(dir) = self.0.take() {
+        if let Some((dir, cgroup)) = self.0.take() {
+            if let Some(c) = cgroup {
+                if let Err(e) = c.remove(dir.id()) {
+                    tracing::warn!("{e:#}");
+                }
+            }
             let _ = dir.remove();
         }
     }
@@ -157,7 +234,8 @@ impl Drop for RemoveOnFailure {
 
 struct SpawnedSandbox {
     child: Child,
-    ready: File,
+    /// Plan and taps go in, readiness lines come out.
+    channel: UnixStream,
 }
 
 fn create_timeout() -> Duration {
@@ -174,10 +252,11 @@ fn spawn_sandbox(
     opts: &CreateOptions<'_>,
     bundle: &Bundle,
     terminal: bool,
+    join: Option<&OwnedFd>,
 ) -> Result<SpawnedSandbox> {
-    let (read, write): (OwnedFd, OwnedFd) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).context("creating the readiness pipe")?;
-    let write_fd = write.as_raw_fd();
+    let (ours, theirs) = UnixStream::pair().context("creating the sandbox's channel")?;
+    let write_fd = theirs.as_raw_fd();
+    let join_fd = join.map(network::raw);
     let mut cmd = Command::new(crate::globals::husk_binary()?);
     cmd.args(g.to_args())
         .arg("sandbox")
@@ -197,20 +276,21 @@ fn spawn_sandbox(
     } else if terminal {
         cmd.arg("--own-terminal");
     }
-    // SAFETY: fcntl is async-signal-safe; the closure only clears close-on-exec on the
-    // pipe's write end so that the sandbox inherits it.
+    // SAFETY: fcntl, setns and unshare are async-signal-safe; the closure clears
+    // close-on-exec on the sandbox's end of the channel so that it inherits it, and puts
+    // the sandbox in the container's network namespace (joined, or a new one).
     unsafe {
         cmd.pre_exec(move || {
             let fd = std::os::fd::BorrowedFd::borrow_raw(write_fd);
             fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
-            Ok(())
+            network::enter_in_child(join_fd)
         });
     }
     let child = cmd.spawn().context("starting the sandbox process")?;
-    drop(write);
+    drop(theirs);
     Ok(SpawnedSandbox {
         child,
-        ready: File::from(read),
+        channel: ours,
     })
 }
 
@@ -228,7 +308,7 @@ impl SpawnedSandbox {
         let ms = PollTimeout::try_from(timeout.as_millis().min(i32::MAX as u128) as i32)
             .unwrap_or(PollTimeout::MAX);
         loop {
-            let mut fds = [PollFd::new(self.ready.as_fd(), PollFlags::POLLIN)];
+            let mut fds = [PollFd::new(self.channel.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, ms) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e).context("waiting for the sandbox"),
@@ -237,7 +317,7 @@ impl SpawnedSandbox {
             }
         }
         let mut line = String::new();
-        BufReader::new(&self.ready)
+        BufReader::new(&self.channel)
             .read_line(&mut line)
             .context("reading from the sandbox")?;
         if line.trim().is_empty() {

@@ -3,13 +3,18 @@
 //! A stopped container's state directory (state, root image, sockets) is removed. A
 //! created container is killed first, as runc does; a running or paused one only with
 //! `force`, which kills its sandbox process (SIGKILL: the VM, its devices and anything
-//! the process backend started go with it) before removing the directory.
+//! the process backend started go with it) before removing the directory. Then what the
+//! container holds outside it is undone ([`release`]) and the poststop hooks run.
 
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 use nix::sys::signal::Signal;
+use oci_spec::runtime::{ContainerState, Spec};
 
+use crate::hooks::{self, Phase};
+use crate::network;
 use crate::procfs;
 use crate::state::{ContainerDir, ContainerRecord, Status};
 
@@ -41,8 +46,49 @@ pub fn delete(dir: &ContainerDir, rec: &ContainerRecord, force: bool) -> Result<
             }
         }
     }
-    crate::sandbox::process_backend::remove_leftovers(dir.path());
+    remove_cgroup(dir, rec)?;
+    release(dir, rec, None);
     dir.remove()?;
     tracing::info!(id, "deleted");
     Ok(())
+}
+
+/// Removes the container's host cgroup (that of its sandbox), once the sandbox is gone.
+pub fn remove_cgroup(dir: &ContainerDir, rec: &ContainerRecord) -> Result<()> {
+    match &rec.husk.cgroup {
+        Some(cgroup) => cgroup.remove(dir.id()),
+        None => Ok(()),
+    }
+}
+
+/// Undoes what a container holds outside its state directory once its sandbox is gone:
+/// the network plumbing (in its namespace, if that still exists), the process backend's
+/// leftovers; then runs the poststop hooks (failures are warnings). `spec` defaults to
+/// the copy of config.json saved at create.
+pub fn release(dir: &ContainerDir, rec: &ContainerRecord, spec: Option<&Spec>) {
+    if let Some(net) = &rec.husk.network {
+        if !net.carried.is_empty() {
+            if let Some(ns) = network::find_netns(&net.netns, None) {
+                network::unplumb(ns.as_fd(), &net.carried);
+            }
+        }
+    }
+    crate::sandbox::process_backend::remove_leftovers(&dir.jail());
+    let saved;
+    let spec = match spec {
+        Some(s) => Some(s),
+        None => {
+            saved = std::fs::read(dir.config_copy())
+                .ok()
+                .and_then(|d| serde_json::from_slice::<Spec>(&d).ok());
+            saved.as_ref()
+        }
+    };
+    if let Some(spec) = spec {
+        hooks::run_warn(
+            spec,
+            Phase::Poststop,
+            &rec.hook_state(ContainerState::Stopped),
+        );
+    }
 }

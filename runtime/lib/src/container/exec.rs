@@ -37,8 +37,8 @@ const FIRST_EXEC_PORT: u32 = 3000;
 pub struct ExecPlan {
     /// The container.
     pub container_id: String,
-    /// Its state directory (for the sandbox's control socket).
-    pub state_dir: PathBuf,
+    /// Its sandbox's jail (for the sandbox's control socket).
+    pub sandbox_dir: PathBuf,
     /// Where its agent listens.
     pub agent: AgentAddress,
     /// The OCI process to run.
@@ -198,7 +198,7 @@ pub fn exec(plan: &ExecPlan, started: &mut dyn FnMut(i32) -> Result<()>) -> Resu
     // SIGKILL of this process cannot be passed on: the sandbox kills the exec'd process
     // when it sees this process gone.
     let watch = crate::control::request(
-        &plan.state_dir,
+        &plan.sandbox_dir,
         ControlRequest::WatchExec {
             exec_id: exec_id.clone(),
             pid: std::process::id() as i32,

@@ -46,7 +46,7 @@ pub fn request(
     req: ControlRequest,
     timeout: Duration,
 ) -> Result<ControlResponse> {
-    control::request(dir.path(), req, timeout)
+    control::request(&dir.jail(), req, timeout)
 }
 
 /// Writes `pid` to `path` the way runc does: whole or not at all (a temporary file

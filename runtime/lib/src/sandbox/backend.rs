@@ -1,20 +1,22 @@
 //! What runs the guest: a KVM microVM (the real thing) or, for tests on hosts without a
 //! KVM that boots Linux, the agent as a host process (`HUSK_SANDBOX_BACKEND=process`).
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 
+use super::jail::{Confined, Jail};
 use crate::agent::AgentAddress;
-use crate::sockdir::SocketDir;
 
 /// What a backend needs to start a guest.
 pub struct GuestSpec<'a> {
-    /// The container's state directory.
+    /// The sandbox's jail directory (host path; also the working directory), where the
+    /// backend keeps its files and sockets.
     pub dir: PathBuf,
-    /// Sockets in that directory, by short paths.
-    pub sockets: &'a SocketDir,
+    /// The jail to confine the sandbox in once the VM is built (VM backend only).
+    pub jail: &'a Jail,
     /// Disks, in the order the guest gets them: the root's layers, then its scratch disk.
     pub disks: Vec<GuestDisk>,
     /// The shared directory to export to the guest (see [`crate::shares`]).
@@ -25,6 +27,19 @@ pub struct GuestSpec<'a> {
     pub vcpus: u8,
     /// Keep the guest's console log (`--debug`).
     pub debug: bool,
+    /// Network devices, in order.
+    pub nets: Vec<NetDevice>,
+}
+
+/// A network device of the guest.
+#[derive(Debug)]
+pub struct NetDevice {
+    /// The MAC it starts with.
+    pub mac: [u8; 6],
+    /// The MTU offered, when the interface is known at boot.
+    pub mtu: Option<u16>,
+    /// Its tap; `None`: link down until [`Backend::attach_net`].
+    pub tap: Option<OwnedFd>,
 }
 
 /// A disk for the guest.
@@ -60,15 +75,72 @@ pub trait Backend: Send + Sync {
     }
     /// The name recorded in state.
     fn name(&self) -> &'static str;
+    /// Gives network device `slot` its tap.
+    fn attach_net(&self, slot: usize, _tap: OwnedFd) -> Result<()> {
+        bail!("the {} backend has no network device {slot}", self.name())
+    }
+    /// How the sandbox was confined when the guest started (`None`: not at all, as the
+    /// test-only process backend leaves it).
+    fn confined(&self) -> Option<&Confined> {
+        None
+    }
+    /// System calls the backend makes from the sandbox's control threads beyond the
+    /// control role's allowlist.
+    fn seccomp_extra(&self) -> husk_vmm::seccomp::Allowlist {
+        husk_vmm::seccomp::Allowlist::new()
+    }
 }
 
-/// Starts the backend `HUSK_SANDBOX_BACKEND` names (default `vm`).
+/// Which backend runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A microVM.
+    Vm,
+    /// The agent as a host process, unconfined: test builds only.
+    Process,
+}
+
+/// The backend `HUSK_SANDBOX_BACKEND` names (default `vm`). The process backend runs the
+/// container on the host with no VM around it, so only debug builds (the host-tier
+/// tests) accept it: a release husk refuses to be talked out of its isolation.
+pub fn choose(env: Option<&str>, test_build: bool) -> Result<Kind> {
+    match env {
+        None | Some("") | Some("vm") => Ok(Kind::Vm),
+        Some("process") if test_build => Ok(Kind::Process),
+        Some("process") => {
+            bail!("HUSK_SANDBOX_BACKEND=process is for husk's own tests; this build runs containers in microVMs only")
+        }
+        Some(other) => bail!("HUSK_SANDBOX_BACKEND={other:?}: use vm"),
+    }
+}
+
+/// The backend `HUSK_SANDBOX_BACKEND` picks for this build.
+pub fn kind() -> Result<Kind> {
+    let env = std::env::var("HUSK_SANDBOX_BACKEND").ok();
+    choose(env.as_deref(), cfg!(debug_assertions))
+}
+
+/// Starts the backend [`choose`] picks.
 pub fn start(spec: &GuestSpec<'_>) -> Result<Box<dyn Backend>> {
-    match std::env::var("HUSK_SANDBOX_BACKEND").as_deref() {
-        Err(_) | Ok("") | Ok("vm") => Ok(Box::new(super::vm_backend::VmBackend::start(spec)?)),
-        Ok("process") => Ok(Box::new(super::process_backend::ProcessBackend::start(
+    match kind()? {
+        Kind::Vm => Ok(Box::new(super::vm_backend::VmBackend::start(spec)?)),
+        Kind::Process => Ok(Box::new(super::process_backend::ProcessBackend::start(
             spec,
         )?)),
-        Ok(other) => bail!("HUSK_SANDBOX_BACKEND={other:?}: use vm or process"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_builds_refuse_the_process_backend() {
+        assert_eq!(choose(Some("process"), true).unwrap(), Kind::Process);
+        let err = choose(Some("process"), false).unwrap_err().to_string();
+        assert!(err.contains("microVMs only"), "{err}");
+        assert_eq!(choose(None, false).unwrap(), Kind::Vm);
+        assert_eq!(choose(Some("vm"), false).unwrap(), Kind::Vm);
+        assert!(choose(Some("qemu"), true).is_err());
     }
 }

@@ -15,15 +15,17 @@
 //! unmounts the shares and exits.
 
 pub mod backend;
+pub mod cgroup;
+pub mod confine;
+pub mod jail;
 mod loopdev;
 pub mod process_backend;
 pub mod vm_backend;
 
-use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -40,18 +42,20 @@ use crate::agent::{expect_ok, start_process, AgentAddress, AgentEndpoint, AgentM
 use crate::bundle::Bundle;
 use crate::control::{self, ControlRequest, ControlResponse};
 use crate::globals::Globals;
-use crate::state::{ContainerDir, Status};
-
+use crate::network::NetworkPlan;
 use crate::rootfs::RootLayers;
 use crate::shares::Shares;
-use crate::sockdir::SocketDir;
+use crate::state::{ContainerDir, Status};
 use crate::stdio::{window_size, IoMode, ProcessIo, Relays, StdioListener};
-use backend::{Backend, GuestDisk, GuestSpec};
+use backend::{Backend, GuestDisk, GuestSpec, NetDevice};
 
 /// Host vsock port the agent connects the container's stdio streams to.
 const CONTAINER_STDIO_PORT: u32 = 2000;
 /// How long output may keep flowing after the container's process has exited.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// After `kill KILL`, how long the guest has to end the container before the host ends
+/// the VM itself: SIGKILL must not depend on a guest that obeys.
+pub const KILL_GRACE: Duration = Duration::from_secs(3);
 
 /// Options of the hidden `husk sandbox` command (only `create` runs it).
 #[derive(Args, Debug)]
@@ -103,14 +107,15 @@ enum Ended {
 
 /// Runs the sandbox; returns its exit status.
 pub fn main(globals: &Globals, args: SandboxArgs) -> i32 {
-    // SAFETY: `create` passed this descriptor for this process alone to write to.
-    let mut ready = unsafe { File::from_raw_fd(args.ready_fd) };
+    // SAFETY: `create` passed this socket for this process alone.
+    let mut ready = unsafe { UnixStream::from_raw_fd(args.ready_fd) };
     let signals = crate::signal::block_forwarded();
     // Hold no directory of the caller's busy.
     let _ = std::env::set_current_dir("/");
     let span = tracing::info_span!("sandbox", id = %args.id);
     let _entered = span.enter();
-    let sandbox = match Sandbox::setup(globals, &args) {
+    let sandbox = match confine::set_rlimits().and_then(|()| Sandbox::setup(globals, &args, &ready))
+    {
         Ok(s) => s,
         Err(e) => {
             let message = crate::logging::one_line(&format!("{e:#}"));
@@ -134,7 +139,7 @@ pub fn main(globals: &Globals, args: SandboxArgs) -> i32 {
     sandbox.run(signals)
 }
 
-fn write_readiness(pipe: &mut File, r: &Readiness) -> std::io::Result<()> {
+fn write_readiness(pipe: &mut UnixStream, r: &Readiness) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(r)?;
     line.push(b'\n');
     pipe.write_all(&line)
@@ -149,6 +154,11 @@ struct Shared {
     ended: Mutex<Sender<Ended>>,
     /// The host terminal whose size the guest's terminal follows.
     size_fd: Option<OwnedFd>,
+    /// Control requests being handled.
+    control_busy: Arc<control::Busy>,
+    /// Started with `HUSK_TEST_SECCOMP_VIOLATION=1`: honour
+    /// [`ControlRequest::TestSeccompViolation`].
+    test_violation: bool,
 }
 
 struct Sandbox {
@@ -156,10 +166,8 @@ struct Sandbox {
     io: ProcessIo,
     relays: Relays,
     ended: Receiver<Ended>,
-    _sockets: SocketDir,
-    _stdio: StdioListener,
-    /// Unmounted after the VM is gone.
-    shares: Shares,
+    /// The shares, in the jail: their mounts end with the sandbox's mount namespace.
+    _shares: Shares,
     /// Held (open and locked) while the VM reads them.
     _root: RootLayers,
 }
@@ -174,10 +182,23 @@ fn seconds_from_env(name: &str, default: u64) -> Duration {
 }
 
 impl Sandbox {
-    fn setup(globals: &Globals, args: &SandboxArgs) -> Result<Self> {
+    fn setup(globals: &Globals, args: &SandboxArgs, create: &UnixStream) -> Result<Self> {
         let dir = ContainerDir::new(&globals.root, &args.id)?;
         let bundle = Bundle::load(&args.bundle)?;
-        let sockets = SocketDir::open(dir.path())?;
+        let kind = backend::kind()?;
+        confine::record_violations_in(&globals.log)?;
+        if kind == backend::Kind::Vm {
+            // Before guest memory exists, so that all of it is charged there; before the
+            // cgroup namespace, whose root this cgroup becomes.
+            cgroup::CgroupPlace::for_container(&bundle, &args.id, globals.systemd_cgroup)
+                .join(&args.id, &bundle)?;
+        }
+        // Still single-threaded: namespaces apply to every thread to come. The process
+        // backend's agent manages cgroups of the host's and keeps the host's cgroup view.
+        confine::enter_namespaces(kind == backend::Kind::Vm, bundle.hostname())?;
+        // From here on the working directory is the jail, and what the sandbox makes there
+        // is named relative to it (the names stay valid once it is the root).
+        let jail = jail::Jail::prepare(&dir.jail())?;
         let mode = match (&args.console_socket, args.own_terminal) {
             (Some(s), _) => IoMode::ConsoleSocket(s.clone()),
             (None, true) => IoMode::OwnTerminal,
@@ -187,8 +208,10 @@ impl Sandbox {
         io.release_caller_stdio()?;
 
         let started = Instant::now();
-        let shares = Shares::setup(
-            dir.path(),
+        // In the jail: its mount namespace keeps them once it is the root (the old root
+        // goes, and with it every path out of the jail).
+        let mut shares = Shares::setup(
+            jail.dir(),
             &bundle
                 .shares
                 .iter()
@@ -196,6 +219,10 @@ impl Sandbox {
                 .collect::<Vec<_>>(),
             Some(bundle.rootfs.as_path()),
         )?;
+        // The mounts are the sandbox's own mount namespace's and go with it: nothing to
+        // unmount at the end, when the control role's filter forbids it anyway (and a
+        // jailed sandbox no longer reaches them by path).
+        shares.leave_to_namespace();
         let root = crate::rootfs::prepare(&bundle.rootfs, dir.path())?;
         let mut disks: Vec<GuestDisk> = root
             .layers
@@ -216,21 +243,42 @@ impl Sandbox {
             "shares and root ready"
         );
 
+        // The network: `create` ran the hooks that set it up and made the taps.
+        let (plan, taps): (NetworkPlan, Vec<OwnedFd>) =
+            crate::fdpass::recv_frame(create).context("receiving the network plan")?;
+        let mut taps = taps.into_iter();
+        let mut nets = Vec::new();
+        for d in &plan.devices {
+            let tap = if d.tap {
+                Some(taps.next().context("the network plan lacks a tap")?)
+            } else {
+                None
+            };
+            nets.push(NetDevice {
+                mac: d.mac,
+                mtu: d.mtu,
+                tap,
+            });
+        }
         let backend = backend::start(&GuestSpec {
-            dir: dir.path().to_owned(),
-            sockets: &sockets,
+            dir: jail.dir().to_owned(),
+            jail: &jail,
             disks,
             shared_dir: Some(shares.shared_dir()),
             memory_mib: bundle.memory_mib(),
             vcpus: bundle.vcpus(),
             debug: globals.log.debug,
+            nets,
         })?;
-        let endpoint = AgentEndpoint::open(&backend.agent_address())?;
+        // The guest runs (its VM threads under their own filters): from here on this thread
+        // and every thread it starts is the control role.
+        confine::install_control_filter(&backend.seccomp_extra())?;
+        let endpoint = AgentEndpoint::open(&backend.agent_address().in_dir(Path::new(".")))?;
         let deadline = Instant::now() + seconds_from_env("HUSK_BOOT_TIMEOUT", 120);
         let hint = if globals.log.debug {
             format!(
                 "; the guest's console is in {}",
-                dir.path().join("console.log").display()
+                jail.dir().join(ContainerDir::CONSOLE_LOG).display()
             )
         } else {
             "; run with --debug to keep the guest's console log".into()
@@ -243,7 +291,7 @@ impl Sandbox {
         let agent = AgentMux::new(client)?;
 
         let stdio = StdioListener::bind(&endpoint.stdio_prefix(), CONTAINER_STDIO_PORT)?;
-        let control = UnixListener::bind(sockets.socket(ContainerDir::CONTROL_SOCKET))
+        let control = UnixListener::bind(ContainerDir::CONTROL_SOCKET)
             .context("listening on the control socket")?;
 
         let shared_dir = backend
@@ -284,6 +332,19 @@ impl Sandbox {
             "creating the container in the guest",
         )?;
         tracing::debug!(guest_pid, "container created");
+        if !plan.interfaces.is_empty() {
+            let resp = agent.call_timeout(
+                Request::ConfigureNetwork {
+                    container_id: args.id.clone(),
+                    interfaces: plan.interfaces,
+                },
+                Duration::from_secs(30),
+            )?;
+            expect_ok(resp, "configuring the container's network in the guest")?;
+        }
+        // The container's streams are connected: nothing else may connect to its stdio
+        // port (a guest could otherwise open connections there without end).
+        drop(stdio);
         let relays = io.relay(streams)?;
 
         let (ended_tx, ended) = mpsc::channel();
@@ -294,6 +355,9 @@ impl Sandbox {
             backend,
             ended: Mutex::new(ended_tx.clone()),
             size_fd: io.size_fd(),
+            control_busy: Arc::default(),
+            test_violation: std::env::var_os("HUSK_TEST_SECCOMP_VIOLATION")
+                .is_some_and(|v| v == "1"),
         });
         if io.terminal() {
             if let Some((rows, cols)) = io.window_size() {
@@ -316,17 +380,22 @@ impl Sandbox {
                 let _ = ended_tx.send(ended);
             })?;
         let handler_shared = shared.clone();
+        let busy = shared.control_busy.clone();
         std::thread::Builder::new()
             .name("control-server".into())
-            .spawn(move || control::serve(control, Arc::new(move |r| handler_shared.handle(r))))?;
+            .spawn(move || {
+                control::serve(
+                    control,
+                    Arc::new(move |r, fds| handler_shared.handle(r, fds)),
+                    busy,
+                )
+            })?;
         Ok(Self {
             shared,
             io,
             relays,
             ended,
-            _sockets: sockets,
-            _stdio: stdio,
-            shares,
+            _shares: shares,
             _root: root,
         })
     }
@@ -374,11 +443,10 @@ impl Sandbox {
                 255
             }
         };
+        // A `kill` may be waiting for the end it caused: answer it before exiting.
+        self.shared.control_busy.wait_idle(Duration::from_secs(5));
         self.shared.backend.teardown();
         self.shared.agent.close();
-        if let Err(e) = self.shares.teardown() {
-            tracing::error!("unmounting the shares: {e:#}");
-        }
         self.io.restore();
         code
     }
@@ -441,6 +509,31 @@ impl Shared {
         }
     }
 
+    /// Ends the VM under the container, which then counts as killed by SIGKILL.
+    fn kill_vm(&self) {
+        // The reason goes first: the main loop must not see the VM end without it.
+        let _ = self
+            .ended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(Ended::Killed(128 + Signal::SIGKILL as i32));
+        self.backend.stop();
+    }
+
+    /// Waits up to `timeout` for the container to be recorded stopped.
+    fn wait_stopped(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if *self.status.lock().unwrap_or_else(PoisonError::into_inner) == Status::Stopped {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills exec `exec_id` in the guest once host process `pid` has ended.
     fn watch_exec(&self, exec_id: String, pid: i32) -> Result<()> {
         // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1;
@@ -474,22 +567,72 @@ impl Shared {
         Ok(())
     }
 
-    fn handle(&self, req: ControlRequest) -> ControlResponse {
-        self.serve(req).unwrap_or_else(|e| ControlResponse::Error {
-            message: crate::logging::one_line(&format!("{e:#}")),
-        })
+    fn handle(&self, req: ControlRequest, fds: Vec<OwnedFd>) -> ControlResponse {
+        self.serve(req, fds)
+            .unwrap_or_else(|e| ControlResponse::Error {
+                message: crate::logging::one_line(&format!("{e:#}")),
+            })
     }
 
-    fn serve(&self, req: ControlRequest) -> Result<ControlResponse> {
+    fn serve(&self, req: ControlRequest, fds: Vec<OwnedFd>) -> Result<ControlResponse> {
         let id = &self.id;
         let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         match req {
             ControlRequest::State => Ok(ControlResponse::State { status: *status }),
-            ControlRequest::Start => {
+            ControlRequest::AttachNetwork { interfaces } => {
+                if *status != Status::Created {
+                    bail!(
+                        "container {id:?} is {}: networks attach before start",
+                        *status
+                    );
+                }
+                if fds.len() != interfaces.len() {
+                    bail!(
+                        "{} interfaces came with {} taps",
+                        interfaces.len(),
+                        fds.len()
+                    );
+                }
+                for (slot, tap) in fds.into_iter().enumerate() {
+                    self.backend.attach_net(slot, tap)?;
+                }
+                let resp = self.agent.call_timeout(
+                    Request::ConfigureNetwork {
+                        container_id: id.clone(),
+                        interfaces,
+                    },
+                    Duration::from_secs(30),
+                )?;
+                expect_ok(resp, "configuring the container's network in the guest")?;
+                Ok(ControlResponse::Ok)
+            }
+            ControlRequest::Start { hook_state } => {
                 match *status {
                     Status::Created => {}
                     Status::Stopped => bail!("cannot start container {id:?}: it has stopped"),
                     other => bail!("cannot start container {id:?}: it is already {other}"),
+                }
+                // Not held across the round trip: `state` and `kill` must keep answering
+                // while a slow (or hostile) guest takes its time.
+                drop(status);
+                if let Some(state) = hook_state {
+                    let resp = self.agent.call_timeout(
+                        Request::RunStartHooks {
+                            container_id: id.clone(),
+                            state,
+                        },
+                        Duration::from_secs(24 * 3600),
+                    )?;
+                    if let Err(e) = expect_ok(resp, "running the startContainer hooks") {
+                        // The runtime spec: a failing startContainer hook stops the
+                        // container.
+                        let _ = self.agent.post(Request::Signal {
+                            exec_id: id.clone(),
+                            signal: Signal::SIGKILL as i32,
+                            all: true,
+                        });
+                        return Err(e);
+                    }
                 }
                 let resp = self.agent.call_timeout(
                     Request::StartContainer {
@@ -498,7 +641,10 @@ impl Shared {
                     Duration::from_secs(60),
                 )?;
                 expect_ok(resp, "starting the container in the guest")?;
-                *status = Status::Running;
+                let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+                if *status == Status::Created {
+                    *status = Status::Running;
+                }
                 Ok(ControlResponse::Ok)
             }
             ControlRequest::Kill { signal, all } => {
@@ -514,15 +660,23 @@ impl Shared {
                     Status::Paused if signal == Signal::SIGKILL as i32 => {
                         // A frozen guest cannot act on it; ending the VM has the same
                         // effect and cannot be ignored either.
-                        self.backend.stop();
-                        let _ = self
-                            .ended
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .send(Ended::Killed(128 + signal));
+                        self.kill_vm();
                     }
                     // Delivered when the guest is thawed, as with a frozen cgroup.
                     Status::Paused => self.agent.post(req)?,
+                    Status::Created | Status::Running if signal == Signal::SIGKILL as i32 => {
+                        drop(status);
+                        // The guest is asked, but not relied on.
+                        if let Err(e) = self.agent.post(req) {
+                            tracing::warn!("asking the guest to kill the container: {e:#}");
+                        }
+                        if !self.wait_stopped(KILL_GRACE) {
+                            tracing::warn!(
+                                "the guest did not end the container within {KILL_GRACE:?} of SIGKILL; ending the VM"
+                            );
+                            self.kill_vm();
+                        }
+                    }
                     Status::Created | Status::Running => {
                         drop(status);
                         let resp = self.agent.call_timeout(req, Duration::from_secs(10))?;
@@ -546,6 +700,14 @@ impl Shared {
                 self.backend.resume()?;
                 *status = Status::Running;
                 Ok(ControlResponse::Ok)
+            }
+            ControlRequest::TestSeccompViolation => {
+                if !self.test_violation {
+                    bail!("not a test sandbox");
+                }
+                drop(status);
+                husk_vmm::seccomp::trigger_violation();
+                bail!("the forbidden system call was allowed: the sandbox is not confined")
             }
             ControlRequest::WatchExec { exec_id, pid } => {
                 drop(status);

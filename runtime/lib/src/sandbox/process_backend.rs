@@ -67,6 +67,9 @@ fn agent_binary() -> Result<PathBuf> {
 impl ProcessBackend {
     /// Attaches the image and starts the agent.
     pub fn start(spec: &GuestSpec<'_>) -> Result<Self> {
+        if spec.nets.iter().any(|n| n.tap.is_some()) {
+            bail!("the process backend has no network devices: it cannot carry interfaces");
+        }
         let agent = agent_binary()?;
         // The agent gets plain paths (it cannot use this process's short ones).
         let control = spec.dir.join(CONTROL);
@@ -234,6 +237,22 @@ impl Backend for ProcessBackend {
 
     fn name(&self) -> &'static str {
         "process"
+    }
+
+    /// Stopping, freezing and thawing the agent's processes (found through /proc),
+    /// reaping them, and removing their cgroup directory.
+    fn seccomp_extra(&self) -> husk_vmm::seccomp::Allowlist {
+        let mut l = husk_vmm::seccomp::Allowlist::new();
+        l.allow(&[
+            libc::SYS_kill,
+            libc::SYS_wait4,
+            libc::SYS_waitid,
+            libc::SYS_openat,
+            libc::SYS_getdents64,
+            libc::SYS_rmdir,
+            libc::SYS_unlinkat,
+        ]);
+        l
     }
 }
 

@@ -5,9 +5,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use husk_vmm::{DiskConfig, FsConfig, RunningVm, VmConfig, VmExit, VsockConfig};
+use std::os::fd::OwnedFd;
+
+use husk_vmm::devices::virtio::net::tap::Tap;
+use husk_vmm::{DiskConfig, FsConfig, NetConfig, RunningVm, VmConfig, VmExit, VsockConfig};
 
 use super::backend::{Backend, GuestSpec};
+use super::jail::Confined;
 use crate::agent::AgentAddress;
 use crate::state::ContainerDir;
 
@@ -59,6 +63,7 @@ pub struct VmBackend {
     dir: PathBuf,
     disks: usize,
     shared: bool,
+    confined: Confined,
 }
 
 /// The guest's name for the `i`th virtio-blk disk (`vda`, ..., `vdz`, `vdaa`, ...).
@@ -72,7 +77,9 @@ fn disk_name(i: usize) -> String {
 }
 
 impl VmBackend {
-    /// Boots the guest.
+    /// Builds the VM, confines the sandbox in its jail (see [`super::jail`]), and only
+    /// then lets the guest run. The sandbox's working directory is the jail: the VM's
+    /// files and sockets are named relative to it.
     pub fn start(spec: &GuestSpec<'_>) -> Result<Self> {
         let (kernel, initrd) = guest_files()?;
         let config = VmConfig {
@@ -89,23 +96,49 @@ impl VmBackend {
                     read_only: d.readonly,
                 })
                 .collect(),
+            nets: spec
+                .nets
+                .iter()
+                .map(|n| -> Result<NetConfig> {
+                    Ok(NetConfig {
+                        mac: n.mac,
+                        mtu: n.mtu,
+                        tap: n.tap.as_ref().map(OwnedFd::try_clone).transpose()?,
+                    })
+                })
+                .collect::<Result<_>>()?,
             vsock: Some(VsockConfig {
                 guest_cid: GUEST_CID,
-                uds_path: spec.sockets.socket(ContainerDir::VSOCK_SOCKET),
+                uds_path: PathBuf::from(ContainerDir::VSOCK_SOCKET),
             }),
             fs: spec.shared_dir.as_ref().map(|dir| FsConfig {
                 tag: husk_protocol::SHARED_FS_TAG.into(),
-                shared_dir: dir.clone(),
+                // Named relative to the jail, the working directory before and after
+                // the pivot: the file server opens it again when the guest remounts.
+                shared_dir: dir.strip_prefix(&spec.dir).unwrap_or(dir).to_owned(),
                 container_roots: vec![crate::shares::ROOTFS_SHARE.into()],
             }),
-            serial_log: spec.debug.then(|| spec.dir.join("console.log")),
+            serial_log: spec.debug.then(|| PathBuf::from(ContainerDir::CONSOLE_LOG)),
+            seccomp: true,
         };
-        let vm = husk_vmm::start_vm(&config).context("starting the microVM")?;
+        let built = husk_vmm::build_vm(&config).context("building the microVM")?;
+        let confined = spec
+            .jail
+            .enter(
+                &built.confinement_needs().capabilities,
+                built.confinement_needs().keeps_root_uid,
+            )
+            .context("confining the sandbox")?;
+        tracing::debug!(?confined, "sandbox confined");
+        let vm = built
+            .start(config.seccomp)
+            .context("starting the microVM")?;
         Ok(Self {
             vm,
             dir: spec.dir.clone(),
             disks: spec.disks.len(),
             shared: spec.shared_dir.is_some(),
+            confined,
         })
     }
 }
@@ -159,6 +192,38 @@ impl Backend for VmBackend {
 
     fn name(&self) -> &'static str {
         "vm"
+    }
+
+    fn attach_net(&self, slot: usize, tap: OwnedFd) -> Result<()> {
+        let handle = self
+            .vm
+            .net(slot)
+            .with_context(|| format!("the microVM has no network device {slot}"))?;
+        let tap = Tap::from_fd(tap).context("the tap handed to the sandbox")?;
+        handle
+            .attach(Box::new(tap))
+            .with_context(|| format!("network device {slot}"))
+    }
+
+    fn seccomp_extra(&self) -> husk_vmm::seccomp::Allowlist {
+        // The VM sandbox's control threads were seen opening a file once the guest's
+        // container exists (the call site is not known yet). Inside the jail the only
+        // files are the sandbox's own (image, console log, sockets), which it holds
+        // already: opening them gives nothing new.
+        let mut l = husk_vmm::seccomp::Allowlist::new();
+        l.allow(&[libc::SYS_openat]);
+        // A tap handed over when the container starts (`attach_net`) is checked and set
+        // up on the control thread that received it.
+        l.allow_arg_in(
+            libc::SYS_ioctl,
+            1,
+            &[libc::TUNGETIFF, libc::TUNSETVNETHDRSZ, libc::TUNSETOFFLOAD],
+        );
+        l
+    }
+
+    fn confined(&self) -> Option<&Confined> {
+        Some(&self.confined)
     }
 }
 

@@ -1,10 +1,13 @@
 //! A container's state on the host: its directory `<root>/<id>/`, its lock and its state
 //! file. A leaf: what the sandbox says about the container live is in [`crate::container`].
 //!
-//! The directory holds `state.json`, `lock`, the writable layer's disk (`scratch.img`),
-//! the shares (`mounts/`, `shared/`: see [`crate::shares`]), and the sockets:
+//! The directory holds `state.json`, `lock`, the copy of `config.json`, the writable
+//! layer's disk (`scratch.img`), the shares (`mounts/`, `shared/`: see [`crate::shares`]),
+//! and the sandbox's jail `sandbox/` (the root of the sandbox's mount namespace once it is
+//! confined, see [`crate::sandbox::jail`]): the console log and the sockets,
 //! `control.sock` (the sandbox's control socket) and `vsock.sock` (the VM's hybrid vsock;
-//! guest connections to host port P arrive at `vsock.sock_P`).
+//! guest connections to host port P arrive at `vsock.sock_P`). What the sandbox may not
+//! touch (the state file above all, whose pid `kill` and `delete` signal) stays outside.
 
 pub mod id;
 pub mod lock;
@@ -60,9 +63,21 @@ impl ContainerDir {
         self.path.join("config.json")
     }
 
-    /// Name of the sandbox's control socket in the directory.
+    /// The sandbox's jail: everything the sandbox process may reach once confined.
+    pub fn jail(&self) -> PathBuf {
+        self.path.join(Self::JAIL)
+    }
+
+    /// Name of the jail directory in the state directory.
+    pub const JAIL: &'static str = "sandbox";
+    /// Name of the root filesystem image in the jail.
+    pub const ROOTFS_IMAGE: &'static str = "rootfs.img";
+    /// Name of the guest's console log in the jail (kept with `--debug`).
+    pub const CONSOLE_LOG: &'static str = "console.log";
+
+    /// Name of the sandbox's control socket in the jail.
     pub const CONTROL_SOCKET: &'static str = "control.sock";
-    /// Name of the VM's hybrid vsock socket in the directory.
+    /// Name of the VM's hybrid vsock socket in the jail.
     pub const VSOCK_SOCKET: &'static str = "vsock.sock";
 
     /// Takes the container's lock; fails if the container does not exist.

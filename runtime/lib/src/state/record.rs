@@ -71,6 +71,12 @@ pub struct HuskState {
     /// Which sandbox backend runs the container ("vm" or "process").
     #[serde(default)]
     pub backend: String,
+    /// The container's network namespace and what husk plumbed in it.
+    #[serde(default)]
+    pub network: Option<crate::network::NetworkRecord>,
+    /// The host cgroup the sandbox joins (`delete` removes it).
+    #[serde(default)]
+    pub cgroup: Option<crate::sandbox::cgroup::CgroupPlace>,
 }
 
 /// The whole state file.
@@ -106,6 +112,8 @@ impl ContainerRecord {
                 sandbox_start_time: None,
                 agent: None,
                 backend: String::new(),
+                network: None,
+                cgroup: None,
             },
         }
     }
@@ -116,11 +124,12 @@ impl ContainerRecord {
         serde_json::from_slice(&data).with_context(|| format!("parsing {}", path.display()))
     }
 
-    /// Writes the state file atomically (readers never see half a file).
+    /// Writes the state file atomically (readers never see half a file), readable by
+    /// root only.
     pub fn save(&self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("json.tmp");
         let data = serde_json::to_vec_pretty(self)?;
-        std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+        write_private(&tmp, &data)?;
         std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
     }
 
@@ -152,6 +161,13 @@ impl ContainerRecord {
         self.oci.pid().filter(|&p| p > 0)
     }
 
+    /// The OCI state as hooks get it on stdin, with `status`.
+    pub fn hook_state(&self, status: ContainerState) -> serde_json::Value {
+        let mut oci = self.oci.clone();
+        oci.set_status(status);
+        serde_json::to_value(&oci).unwrap_or_default()
+    }
+
     /// The state as `husk state` prints it, with `status` the live status: runc's layout
     /// (the OCI state plus `rootfs`, `created` and `owner`; `pid` 0 once stopped).
     pub fn runc_view(&self, status: Status) -> serde_json::Value {
@@ -176,9 +192,44 @@ impl ContainerRecord {
     }
 }
 
+/// Writes `data` to a new or truncated file at `path` with mode 0600, whatever the umask:
+/// state files hold what the container was given (its environment, bind-mounted files).
+pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    // An existing file keeps its mode through open: set it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| f.write_all(data))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_files_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let rec = ContainerRecord::new("c", Path::new("/b"), Path::new("/b/r"), None);
+        rec.save(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let other = dir.path().join("config.json");
+        std::fs::write(&other, b"{}").unwrap();
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o666)).unwrap();
+        write_private(&other, b"{\"env\":[\"SECRET=1\"]}").unwrap();
+        let mode = std::fs::metadata(&other).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 
     #[test]
     fn state_file_round_trips_with_oci_fields_at_top_level() {

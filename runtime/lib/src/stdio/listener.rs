@@ -21,6 +21,28 @@ pub struct StdioListener {
     path: PathBuf,
 }
 
+/// Gives the socket at `path` to the owner of its directory: the VMM connects guest
+/// streams to it, and in a sandbox's jail the VMM runs as the jail's owner, not as the
+/// root that binds exec clients' sockets there.
+fn give_to_directory_owner(path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let owner = std::fs::metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
+    let me = std::fs::metadata(path).with_context(|| format!("inspecting {}", path.display()))?;
+    if (owner.uid(), owner.gid()) != (me.uid(), me.gid()) {
+        std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))
+            .with_context(|| format!("giving {} to the sandbox's user", path.display()))?;
+    }
+    Ok(())
+}
+
 impl StdioListener {
     /// Listens for guest connections to host port `port` of the VM whose vsock socket is
     /// `uds`.
@@ -28,6 +50,7 @@ impl StdioListener {
         let path = PathBuf::from(format!("{}_{port}", uds.display()));
         let listener = UnixListener::bind(&path)
             .with_context(|| format!("listening on {}", path.display()))?;
+        give_to_directory_owner(&path)?;
         Ok(Self { listener, path })
     }
 
@@ -38,7 +61,10 @@ impl StdioListener {
         for port in first..first.saturating_add(1000) {
             let path = PathBuf::from(format!("{}_{port}", uds.display()));
             match UnixListener::bind(&path) {
-                Ok(listener) => return Ok((Self { listener, path }, port)),
+                Ok(listener) => {
+                    give_to_directory_owner(&path)?;
+                    return Ok((Self { listener, path }, port));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
                 Err(e) => {
                     return Err(e).with_context(|| format!("listening on {}", path.display()))

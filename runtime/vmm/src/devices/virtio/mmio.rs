@@ -2,13 +2,24 @@
 //!
 //! Every value here comes from the guest driver and is treated as hostile: register
 //! accesses of the wrong width are ignored, queue settings are validated against guest
-//! memory before the device sees them, and the device is only activated once.
+//! memory before the device sees them, and the device is only activated once. Warnings
+//! the guest can trigger at will are rate-limited ([`crate::guest_warn!`]).
+//!
+//! Register accesses arrive on vCPU threads. What they ask of the device model itself
+//! (activation at DRIVER_OK, a reset, a kick through a trapped write) is queued as
+//! [`Work`] and done on the device thread, which [`MmioTransport::set_work_eventfd`]
+//! wakes: a vCPU thread never runs device or backend code, so its seccomp filter stays
+//! small. Without a work eventfd (unit tests, fuzzing) the work is done at once.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+use tracing::debug;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::guest_warn;
 
 use super::{ActivateContext, EventRegistrar, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 
@@ -78,8 +89,22 @@ pub struct MmioTransport {
     driver_features_select: u32,
     driver_features: u64,
     status: u32,
+    /// The queues were handed to the device (DRIVER_OK accepted); registers are frozen.
     activated: bool,
+    /// The device model accepted them and runs.
+    device_active: bool,
+    /// Counts resets: activation work from before a reset is stale.
+    reset_generation: u64,
     config_generation: u32,
+    work: VecDeque<Work>,
+    work_evt: Option<EventFd>,
+}
+
+/// Device work requested by a register access, done on the device thread.
+enum Work {
+    Activate(Box<ActivateContext>, u64),
+    Reset,
+    Notify(usize),
 }
 
 impl MmioTransport {
@@ -103,7 +128,54 @@ impl MmioTransport {
             driver_features: 0,
             status: 0,
             activated: false,
+            device_active: false,
+            reset_generation: 0,
             config_generation: 0,
+            work: VecDeque::new(),
+            work_evt: None,
+        }
+    }
+
+    /// From now on, device work requested by register accesses is queued and `evt` is
+    /// signalled; the device thread then calls [`MmioTransport::run_pending`].
+    pub fn set_work_eventfd(&mut self, evt: EventFd) {
+        self.work_evt = Some(evt);
+    }
+
+    fn defer(&mut self, work: Work) {
+        self.work.push_back(work);
+        match &self.work_evt {
+            Some(evt) => {
+                if let Err(e) = evt.write(1) {
+                    // Only a full counter fails, and then a wakeup is pending anyway.
+                    debug!("virtio-mmio: waking the device thread: {e}");
+                }
+            }
+            None => self.run_pending(),
+        }
+    }
+
+    /// Does the device work queued by register accesses, in order.
+    pub fn run_pending(&mut self) {
+        while let Some(work) = self.work.pop_front() {
+            match work {
+                Work::Activate(ctx, generation) => {
+                    if generation != self.reset_generation {
+                        continue;
+                    }
+                    match self.device.activate(*ctx) {
+                        Ok(()) => self.device_active = true,
+                        Err(e) => self.fail(&e.to_string()),
+                    }
+                }
+                Work::Reset => {
+                    if self.device_active {
+                        self.device.reset();
+                        self.device_active = false;
+                    }
+                }
+                Work::Notify(index) => self.queue_notify(index),
+            }
         }
     }
 
@@ -127,9 +199,9 @@ impl MmioTransport {
         self.status
     }
 
-    /// Whether the device is running.
+    /// Whether the device model is running.
     pub fn is_activated(&self) -> bool {
-        self.activated
+        self.device_active
     }
 
     /// The device model, e.g. for tests and metrics.
@@ -137,16 +209,17 @@ impl MmioTransport {
         self.device.as_ref()
     }
 
-    /// The guest kicked queue `index` (through the ioeventfd or a trapped write).
+    /// The guest kicked queue `index` (on the device thread: an ioeventfd, or a trapped
+    /// write passed on as work).
     pub fn queue_notify(&mut self, index: usize) {
-        if self.activated && index < self.queues.len() {
+        if self.device_active && index < self.queues.len() {
             self.device.queue_notify(index);
         }
     }
 
     /// One of the device's own fds is ready.
     pub fn handle_event(&mut self, token: u32, events: vmm_sys_util::epoll::EventSet) {
-        if self.activated {
+        if self.device_active {
             self.device.handle_event(token, events);
         }
     }
@@ -169,7 +242,7 @@ impl MmioTransport {
             return;
         }
         if data.len() != 4 {
-            warn!(
+            guest_warn!(
                 offset,
                 len = data.len(),
                 "virtio-mmio: register read of wrong width"
@@ -212,7 +285,7 @@ impl MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            warn!(
+            guest_warn!(
                 offset,
                 len = data.len(),
                 "virtio-mmio: register write of wrong width"
@@ -239,7 +312,12 @@ impl MmioTransport {
                 }
             }
             reg::QUEUE_SEL => self.queue_select = v,
-            reg::QUEUE_NOTIFY => self.queue_notify(v as usize),
+            reg::QUEUE_NOTIFY => {
+                // Kicks of real queues go to their ioeventfds; this is anything else.
+                if self.device_active && (v as usize) < self.queues.len() {
+                    self.defer(Work::Notify(v as usize));
+                }
+            }
             reg::INTERRUPT_ACK => self.interrupt.ack(v),
             reg::STATUS => self.write_status(v),
             reg::QUEUE_NUM
@@ -251,7 +329,7 @@ impl MmioTransport {
             | reg::QUEUE_USED_LOW
             | reg::QUEUE_USED_HIGH => {
                 if !self.queue_config_allowed() {
-                    warn!(offset, "virtio-mmio: queue register written outside setup");
+                    guest_warn!(offset, "virtio-mmio: queue register written outside setup");
                     return;
                 }
                 let Some(q) = self.selected_queue() else {
@@ -296,7 +374,7 @@ impl MmioTransport {
             if self.driver_features & !offered != 0
                 || self.driver_features & VIRTIO_F_VERSION_1 == 0
             {
-                warn!(
+                guest_warn!(
                     features = self.driver_features,
                     "virtio-mmio: driver accepted features the device does not offer"
                 );
@@ -348,24 +426,24 @@ impl MmioTransport {
             interrupt: self.interrupt.clone(),
             events: self.events.clone(),
         };
-        match self.device.activate(ctx) {
-            Ok(()) => self.activated = true,
-            Err(e) => self.fail(&e.to_string()),
-        }
+        self.activated = true;
+        self.defer(Work::Activate(Box::new(ctx), self.reset_generation));
     }
 
     fn fail(&mut self, reason: &str) {
-        warn!(
+        guest_warn!(
             device = self.device.device_type(),
-            reason, "virtio-mmio: device needs reset"
+            reason,
+            "virtio-mmio: device needs reset"
         );
         self.status |= status::DEVICE_NEEDS_RESET;
         let _ = self.interrupt.signal_config_change();
     }
 
     fn reset(&mut self) {
+        self.reset_generation += 1;
         if self.activated {
-            self.device.reset();
+            self.defer(Work::Reset);
         }
         self.activated = false;
         self.status = 0;
@@ -547,6 +625,77 @@ mod tests {
         let mut cfg = [0u8; 4];
         t.read(reg::CONFIG, &mut cfg);
         assert_eq!(cfg, [0xaa, 0xbb, 0, 0]);
+    }
+
+    #[test]
+    fn device_work_waits_for_the_device_thread_and_stale_work_is_dropped() {
+        let probe = Probe::default();
+        let (acts, kicks) = (probe.activations.clone(), probe.notifies.clone());
+        let mut t = transport(probe);
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        t.set_work_eventfd(evt.try_clone().unwrap());
+        negotiate(&mut t, 1);
+        setup_queue(&mut t, 0, 0x1000);
+        w(&mut t, reg::STATUS, 0xf);
+        assert_eq!(acts.load(Ordering::SeqCst), 0, "not on the vCPU thread");
+        assert!(evt.read().unwrap() >= 1, "the device thread is woken");
+        t.run_pending();
+        assert_eq!(acts.load(Ordering::SeqCst), 1);
+        assert!(t.is_activated());
+        // A trapped kick of a real queue is passed on as work too.
+        w(&mut t, reg::QUEUE_NOTIFY, 1);
+        assert_eq!(kicks.load(Ordering::SeqCst), 0);
+        t.run_pending();
+        assert_eq!(kicks.load(Ordering::SeqCst), 1);
+        // DRIVER_OK then reset before the device thread looked: the activation is stale.
+        w(&mut t, reg::STATUS, 0);
+        negotiate(&mut t, 1);
+        setup_queue(&mut t, 0, 0x1000);
+        w(&mut t, reg::STATUS, 0xf);
+        w(&mut t, reg::STATUS, 0);
+        t.run_pending();
+        assert_eq!(acts.load(Ordering::SeqCst), 1, "stale activation dropped");
+        assert!(!t.is_activated());
+    }
+
+    /// Counts WARN events on the current thread.
+    struct WarnCounter(Arc<AtomicUsize>);
+
+    impl tracing::Subscriber for WarnCounter {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, e: &tracing::Event<'_>) {
+            if *e.metadata().level() == tracing::Level::WARN {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn a_guest_hammering_bad_registers_cannot_flood_the_log() {
+        let warnings = Arc::new(AtomicUsize::new(0));
+        let mut t = transport(Probe::default());
+        tracing::subscriber::with_default(WarnCounter(warnings.clone()), || {
+            for i in 0..10_000u64 {
+                t.write(reg::STATUS, &[1, 2]);
+                let mut b = [0u8; 1];
+                t.read(reg::MAGIC, &mut b);
+                w(&mut t, reg::QUEUE_NUM, i as u32);
+            }
+        });
+        let n = warnings.load(Ordering::SeqCst);
+        assert!(
+            n <= 3 * crate::ratelimit::BURST as usize,
+            "{n} warnings for 30000 bad accesses"
+        );
     }
 
     #[test]

@@ -10,6 +10,9 @@
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod net;
+#[cfg(test)]
+pub mod test_driver;
 pub mod vsock;
 
 use std::io;
@@ -171,6 +174,38 @@ pub enum ActivateError {
     Backend(#[from] io::Error),
 }
 
+/// What a device's backend needs from the confined process beyond the device thread's
+/// own allowlist ([`crate::seccomp::device`]) and beyond "every capability dropped": the
+/// builder adds the system calls to the device role's filter, and the sandbox keeps the
+/// capabilities (numbers from linux/capability.h) in its permitted and effective sets.
+/// Everything here widens what a compromised device model could do; ask for the least.
+#[derive(Debug, Default, Clone)]
+pub struct DeviceNeeds {
+    /// System calls the device thread makes for this device.
+    pub syscalls: crate::seccomp::Allowlist,
+    /// Capabilities its backend needs (for example CAP_CHOWN for a file server that
+    /// creates files with guest-chosen owners).
+    pub capabilities: Vec<u8>,
+    /// The backend switches its thread's effective ids to the guest's for each request
+    /// and back to 0 (a file server creating files as their owners): the sandbox keeps
+    /// uid 0, with only the capabilities above, since a non-root uid would lose them at
+    /// the first switch back.
+    pub keeps_root_uid: bool,
+}
+
+impl DeviceNeeds {
+    /// Adds what `other` needs.
+    pub fn merge(&mut self, other: &DeviceNeeds) {
+        self.syscalls.merge(&other.syscalls);
+        for &c in &other.capabilities {
+            if !self.capabilities.contains(&c) {
+                self.capabilities.push(c);
+            }
+        }
+        self.keeps_root_uid |= other.keeps_root_uid;
+    }
+}
+
 /// A virtio device model.
 pub trait VirtioDevice: Send {
     /// The virtio device type id ([`device_type`]).
@@ -185,7 +220,9 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device configuration space. Most devices ignore this.
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    /// The driver set DRIVER_OK: start working on the given queues.
+    /// The driver set DRIVER_OK: start working on the given queues. Runs on the device
+    /// thread, possibly after kicks that arrived before it and were dropped: process
+    /// whatever the queues already hold.
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// The guest kicked queue `queue`.
     fn queue_notify(&mut self, queue: usize);
@@ -193,6 +230,11 @@ pub trait VirtioDevice: Send {
     fn handle_event(&mut self, _token: u32, _events: EventSet) {}
     /// The driver reset the device: drop queues and backend state.
     fn reset(&mut self) {}
+    /// What the device needs from the confinement (see [`DeviceNeeds`]); nothing by
+    /// default.
+    fn confinement(&self) -> DeviceNeeds {
+        DeviceNeeds::default()
+    }
 }
 
 /// Copies `src[offset..]` into `data`, zero-filling whatever lies outside `src`. The usual

@@ -10,7 +10,6 @@ mod request;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use tracing::warn;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -146,7 +145,7 @@ impl Block {
             // Stop kicks while we drain, then re-check: a buffer added in between would
             // otherwise wait for the next kick.
             if let Err(e) = active.queue.disable_notification(&active.mem) {
-                warn!("virtio-blk: queue unusable: {e}");
+                crate::guest_warn!("virtio-blk: queue unusable: {e}");
                 return;
             }
             let mut popped = false;
@@ -154,7 +153,7 @@ impl Block {
                 let head = chain.head_index();
                 let written = request::execute(&disk, &active.mem, chain);
                 if let Err(e) = active.queue.add_used(&active.mem, head, written) {
-                    warn!("virtio-blk: cannot return descriptor {head}: {e}");
+                    crate::guest_warn!("virtio-blk: cannot return descriptor {head}: {e}");
                     return;
                 }
                 popped = true;
@@ -167,14 +166,14 @@ impl Block {
                 Ok(true) if popped => continue,
                 Ok(_) => break,
                 Err(e) => {
-                    warn!("virtio-blk: queue unusable: {e}");
+                    crate::guest_warn!("virtio-blk: queue unusable: {e}");
                     return;
                 }
             }
         }
         if used_any && active.queue.needs_notification(&active.mem).unwrap_or(true) {
             if let Err(e) = active.interrupt.signal_used_queue() {
-                warn!("virtio-blk: cannot signal the guest: {e}");
+                crate::guest_warn!("virtio-blk: cannot signal the guest: {e}");
             }
         }
     }

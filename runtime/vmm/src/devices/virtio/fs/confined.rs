@@ -20,7 +20,10 @@
 //! - `trusted.*` xattrs anywhere: they configure host file systems (overlayfs keeps its
 //!   whiteouts and redirects there).
 //! - Open flags beyond access mode and file status (`O_PATH`, `O_TMPFILE`, `O_CREAT`, ...),
-//!   and changes of a handle's flags after it was opened. The passthrough file system
+//!   and changes of a handle's flags after it was opened. `O_DIRECT` is the guest's: it
+//!   bypasses the guest's page cache, and the host serves the request from its own (a
+//!   host file system that refuses `O_DIRECT`, tmpfs before Linux 6.6, then serves it too,
+//!   and guest buffers need no host alignment). The passthrough file system
 //!   applies the flags of each READ and WRITE with `fcntl(F_SETFL)`, and when that fails
 //!   (an `O_DIRECT` the host file system refuses, say) 0.14 closes the handle's descriptor
 //!   while the handle still owns it: the number is reused and later closed again, so a
@@ -88,7 +91,6 @@ const OPEN_FLAGS: i32 = libc::O_ACCMODE
     | libc::O_NONBLOCK
     | libc::O_SYNC
     | libc::O_DSYNC
-    | libc::O_DIRECT
     | libc::O_LARGEFILE
     | libc::O_NOATIME
     | libc::O_TRUNC

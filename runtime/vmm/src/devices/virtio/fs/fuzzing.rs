@@ -20,7 +20,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, InitIn, Opcode, OutHeader};
+use fuse_backend_rs::abi::fuse_abi::{FsOptions, InHeader, InitIn, InitOut, Opcode, OutHeader};
 use fuse_backend_rs::api::server::Server;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -215,14 +215,24 @@ impl Harness {
         .expect("serving the harness tree");
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let h = Self { case, mem, server };
+        // What a Linux guest offers includes the writeback cache and zero-message opens;
+        // the server must not take them: with either, guest writes would stay in the
+        // guest's page cache and the host would not see them while the container runs.
+        let offered = FsOptions::WRITEBACK_CACHE | FsOptions::ZERO_MESSAGE_OPEN;
         let init = InitIn {
             major: 7,
             minor: 31,
             max_readahead: 0x2_0000,
-            flags: 0,
+            flags: offered.bits() as u32,
         };
         let r = h.call(&message(Opcode::Init, 0, &[&bytes(&init)]), 4096);
         assert_eq!(r.error, 0, "FUSE_INIT failed");
+        let out: InitOut = r.obj();
+        assert_eq!(
+            u64::from(out.flags) & offered.bits(),
+            0,
+            "the server took the writeback cache or zero-message opens"
+        );
         h
     }
 

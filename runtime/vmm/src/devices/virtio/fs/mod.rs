@@ -7,10 +7,13 @@
 //! device's own (`husk-fs`), so a slow file system call never holds up the device thread
 //! that serves the disks and vsock; the device thread only wakes it.
 //!
-//! The worker thread is started with the device, at VM build time, not when the guest's
-//! driver activates it: the thread then belongs to the VMM's own setup (its credentials
-//! and, later, its seccomp filter are set by the VMM, never inherited from a vCPU that
-//! happened to activate the device). It unshares its file system context
+//! Everything the server needs from the host is opened when the device is made, at VM
+//! build time (the shared directory, `/proc/self/fd`), before the sandbox is jailed. The
+//! worker thread is started when the guest's driver first activates the device, by the
+//! device thread: it inherits the device thread's confinement (the jail's root, the
+//! capabilities the device declared in [`Fs::confinement`], no_new_privs and the device
+//! role's seccomp filter with this device's system calls), so no thread of the VMM ever
+//! serves the guest unconfined. It unshares its file system context
 //! (`unshare(CLONE_FS)`), because the passthrough file system clears the umask so that
 //! the guest's modes arrive unchanged, and that must not leak into the rest of the process.
 //!
@@ -108,6 +111,8 @@ pub struct Fs {
     acked_features: u64,
     commands: Sender<Command>,
     wake: EventFd,
+    /// What the worker takes when it starts (at the first activation).
+    pending: Option<(Server<ShareFs>, Receiver<Command>)>,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -140,7 +145,12 @@ pub fn file_server(config: &FsConfig) -> Result<Server<ShareFs>, FsError> {
         entry_timeout: CACHE_TIMEOUT,
         writeback: false,
         xattr: true,
-        // The root is opened by the worker when the guest mounts (FUSE_INIT).
+        // The root is opened by the worker when the guest mounts (FUSE_INIT), and again
+        // after a FUSE_DESTROY: a sandbox that pivots into its jail names the directory
+        // relative to the working directory, which is the jail before and after. (Without
+        // do_import, fuse-backend-rs assumes a VFS above it and turns on the guest's
+        // writeback cache and zero-message opens: the host would not see guest writes
+        // while the container runs.)
         do_import: true,
         // Two shares of the same host file are two inodes, each confined to its share.
         enable_mntid: true,
@@ -186,8 +196,8 @@ fn raise_open_file_limit() {
 }
 
 impl Fs {
-    /// A device exporting `config.shared_dir` as `config.tag`; its worker thread starts now
-    /// and waits for the guest's driver.
+    /// A device exporting `config.shared_dir` as `config.tag`, its root opened now; its
+    /// worker thread starts when the guest's driver activates it.
     pub fn new(config: &FsConfig) -> Result<Self, FsError> {
         let tag = config.tag.as_bytes();
         if tag.is_empty() || tag.len() > TAG_LEN || tag.contains(&0) {
@@ -201,18 +211,79 @@ impl Fs {
         space[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
         let wake = EventFd::new(0).map_err(FsError::Thread)?;
         let (commands, receiver) = mpsc::channel();
-        let worker_wake = wake.try_clone().map_err(FsError::Thread)?;
-        let worker = std::thread::Builder::new()
-            .name("husk-fs".into())
-            .spawn(move || worker(server, receiver, worker_wake))
-            .map_err(FsError::Thread)?;
         Ok(Self {
             config: space,
             acked_features: 0,
             commands,
             wake,
-            worker: Some(worker),
+            pending: Some((server, receiver)),
+            worker: None,
         })
+    }
+
+    /// Starts the worker thread unless it runs already.
+    fn start_worker(&mut self) -> std::io::Result<()> {
+        if self.worker.is_some() {
+            return Ok(());
+        }
+        let Some((server, receiver)) = self.pending.take() else {
+            return Err(std::io::Error::other("the virtio-fs worker ended"));
+        };
+        let wake = self.wake.try_clone()?;
+        self.worker = Some(
+            std::thread::Builder::new()
+                .name("husk-fs".into())
+                .spawn(move || worker(server, receiver, wake))?,
+        );
+        Ok(())
+    }
+
+    /// What the device needs beyond the device role's confinement (see
+    /// [`super::DeviceNeeds`]): the file system calls of the passthrough server, starting
+    /// its thread, and the capabilities of a file server that creates files as the guest's
+    /// users and keeps their modes (those virtiofsd keeps). The sandbox keeps uid 0 for
+    /// it: the server switches its thread's effective ids to the caller's for each
+    /// request and back to 0, which a non-root uid could not do without losing them.
+    pub fn needs() -> super::DeviceNeeds {
+        let mut syscalls = crate::seccomp::Allowlist::new();
+        syscalls.allow(&FS_SYSCALLS);
+        // Starting the worker thread (clone itself only with CLONE_THREAD).
+        syscalls.allow_arg_masked(
+            libc::SYS_clone,
+            0,
+            libc::CLONE_THREAD as u64,
+            libc::CLONE_THREAD as u64,
+        );
+        syscalls.allow_arg_in(
+            libc::SYS_prctl,
+            0,
+            &[libc::PR_SET_NAME as u64, libc::PR_GET_NAME as u64],
+        );
+        // The worker's own file system context.
+        syscalls.allow_arg_in(libc::SYS_unshare, 0, &[libc::CLONE_FS as u64]);
+        // FS_IOC_GETFLAGS / FS_IOC_SETFLAGS / FS_IOC_FSGETXATTR / FS_IOC_FSSETXATTR, which
+        // the server forwards for the guest's `ioctl`s on its files.
+        syscalls.allow_arg_in(
+            libc::SYS_ioctl,
+            1,
+            &[0x8008_6601, 0x4008_6602, 0x801c_581f, 0x401c_5820],
+        );
+        super::DeviceNeeds {
+            syscalls,
+            capabilities: vec![
+                CAP_CHOWN,
+                CAP_DAC_OVERRIDE,
+                // fuse-backend-rs makes hard links with linkat(fd, "", AT_EMPTY_PATH),
+                // which Linux before 6.10 allows only with it. Its other use, opening files
+                // by handle (open_by_handle_at), is not in the allowlist above.
+                CAP_DAC_READ_SEARCH,
+                CAP_FOWNER,
+                CAP_FSETID,
+                CAP_SETGID,
+                CAP_SETUID,
+            ],
+            keeps_root_uid: true,
+        }
     }
 
     fn send(&self, command: Command) {
@@ -221,6 +292,88 @@ impl Fs {
         }
     }
 }
+
+const CAP_CHOWN: u8 = 0;
+const CAP_DAC_OVERRIDE: u8 = 1;
+const CAP_DAC_READ_SEARCH: u8 = 2;
+const CAP_FOWNER: u8 = 3;
+const CAP_FSETID: u8 = 4;
+const CAP_SETGID: u8 = 6;
+const CAP_SETUID: u8 = 7;
+
+/// The system calls the passthrough server makes on the worker thread, with any
+/// arguments: the file operations FUSE maps to (an strace of the host-tier tests lists
+/// most), the per-request switch to the caller's ids, and starting the thread.
+const FS_SYSCALLS: [libc::c_long; 68] = [
+    libc::SYS_openat,
+    libc::SYS_openat2,
+    libc::SYS_close,
+    libc::SYS_dup,
+    libc::SYS_fcntl,
+    libc::SYS_statx,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_fstatfs,
+    libc::SYS_statfs,
+    libc::SYS_getdents64,
+    libc::SYS_lseek,
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_mkdirat,
+    libc::SYS_mknodat,
+    libc::SYS_unlinkat,
+    libc::SYS_renameat2,
+    libc::SYS_linkat,
+    libc::SYS_symlinkat,
+    libc::SYS_readlinkat,
+    libc::SYS_fchmod,
+    libc::SYS_fchmodat,
+    libc::SYS_fchown,
+    libc::SYS_fchownat,
+    libc::SYS_utimensat,
+    libc::SYS_ftruncate,
+    libc::SYS_fallocate,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_copy_file_range,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_umask,
+    libc::SYS_getxattr,
+    libc::SYS_lgetxattr,
+    libc::SYS_fgetxattr,
+    libc::SYS_setxattr,
+    libc::SYS_lsetxattr,
+    libc::SYS_fsetxattr,
+    libc::SYS_listxattr,
+    libc::SYS_llistxattr,
+    libc::SYS_flistxattr,
+    libc::SYS_removexattr,
+    libc::SYS_lremovexattr,
+    libc::SYS_fremovexattr,
+    libc::SYS_setresuid,
+    libc::SYS_setresgid,
+    libc::SYS_setfsuid,
+    libc::SYS_setfsgid,
+    libc::SYS_getuid,
+    libc::SYS_geteuid,
+    libc::SYS_getgid,
+    libc::SYS_getegid,
+    libc::SYS_capget,
+    libc::SYS_capset,
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_sched_getaffinity,
+];
 
 impl Drop for Fs {
     fn drop(&mut self) {
@@ -334,6 +487,10 @@ impl VirtioDevice for Fs {
         if let Some(i) = ctx.queues.iter().position(|q| !q.ready()) {
             return Err(ActivateError::QueueNotReady(i));
         }
+        if let Err(e) = self.start_worker() {
+            error!("virtio-fs: cannot start the worker thread: {e}");
+            return Err(ActivateError::Backend(e));
+        }
         self.send(Command::Activate(Box::new(Active {
             mem: ctx.mem,
             queues: ctx.queues,
@@ -346,7 +503,15 @@ impl VirtioDevice for Fs {
         let _ = self.wake.write(1);
     }
 
+    fn confinement(&self) -> super::DeviceNeeds {
+        Self::needs()
+    }
+
     fn reset(&mut self) {
+        if self.worker.is_none() {
+            self.acked_features = 0;
+            return;
+        }
         let (done, wait) = mpsc::channel();
         self.send(Command::Reset(done));
         // The worker finishes the request it is on first.

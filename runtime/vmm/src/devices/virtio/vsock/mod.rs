@@ -23,7 +23,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+use tracing::debug;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
@@ -116,7 +116,7 @@ impl Vsock {
         let notify_rx = rx_used && active.rxq.needs_notification(&active.mem).unwrap_or(true);
         if notify_tx || notify_rx {
             if let Err(e) = active.interrupt.signal_used_queue() {
-                warn!("virtio-vsock: cannot signal the guest: {e}");
+                crate::guest_warn!("virtio-vsock: cannot signal the guest: {e}");
             }
         }
     }
@@ -137,7 +137,7 @@ fn process_tx(active: &mut Active, muxer: &mut Muxer) -> TxResult {
     let Active { mem, txq, .. } = active;
     loop {
         if let Err(e) = txq.disable_notification(mem) {
-            warn!("virtio-vsock: tx queue unusable: {e}");
+            crate::guest_warn!("virtio-vsock: tx queue unusable: {e}");
             return result;
         }
         let mut popped = false;
@@ -168,7 +168,7 @@ fn process_tx(active: &mut Active, muxer: &mut Muxer) -> TxResult {
             Ok(true) if popped => continue,
             Ok(_) => return result,
             Err(e) => {
-                warn!("virtio-vsock: tx queue unusable: {e}");
+                crate::guest_warn!("virtio-vsock: tx queue unusable: {e}");
                 return result;
             }
         }
@@ -193,7 +193,7 @@ fn process_rx(active: &mut Active, muxer: &mut Muxer) -> bool {
                 }
                 Ok(_) => break,
                 Err(e) => {
-                    warn!("virtio-vsock: rx queue unusable: {e}");
+                    crate::guest_warn!("virtio-vsock: rx queue unusable: {e}");
                     break;
                 }
             }

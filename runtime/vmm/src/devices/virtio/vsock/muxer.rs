@@ -451,7 +451,10 @@ impl Muxer {
                 Err(e) => {
                     // Likely out of fds. The listener is level-triggered and would wake us
                     // in a loop: take it out of epoll for a moment.
-                    warn!("virtio-vsock: accept on {}: {e}", self.uds_path().display());
+                    crate::guest_warn!(
+                        "virtio-vsock: accept on {}: {e}",
+                        self.uds_path().display()
+                    );
                     self.pause_listener();
                     return;
                 }
@@ -688,7 +691,7 @@ impl Muxer {
         match events.add(stream.as_raw_fd(), token, stream_events()) {
             Ok(()) => Some(token),
             Err(e) => {
-                warn!("virtio-vsock: cannot watch a stream: {e}");
+                crate::guest_warn!("virtio-vsock: cannot watch a stream: {e}");
                 None
             }
         }
@@ -756,7 +759,7 @@ fn write_header(pkt: &VsockPacket<'_, ()>, hdr: Header, data_len: u32) -> RxFill
         Ok(()) => RxFill::Written(HEADER_SIZE as u32 + data_len),
         Err(e) => {
             // The parser checked the header descriptor, so this is not expected.
-            warn!("virtio-vsock: cannot write an rx header: {e}");
+            crate::guest_warn!("virtio-vsock: cannot write an rx header: {e}");
             RxFill::Unusable
         }
     }

@@ -1,0 +1,4 @@
+//! Fuzz target: see `husk_protocol::fuzzing::host_side`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| husk_protocol::fuzzing::host_side(data));
