@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Runs husk's VM tier: real guest kernel, real agent, real KVM.
 #
-#   tests/vm-tier.sh [--core | --storage | --hardening | --clients] [cargo test filter and flags...]
+#   tests/vm-tier.sh [--core | --storage | --hardening | --clients | --pods] [cargo test filter and flags...]
 #
-# Four suites: tests/tests/vm_tier.rs (the microVM core through `husk vm run` and
+# Five suites: tests/tests/vm_tier.rs (the microVM core through `husk vm run` and
 # `husk run`), tests/tests/storage.rs (volumes over virtio-fs, escape attempts, the root
 # from cached layer images), tests/tests/hardening.rs (the sandbox's confinement, a
 # hostile guest, conformance fixes) and tests/tests/clients.rs (containerd, podman and
 # dockerd driving the runtime under test: husk, or HUSK_CLIENT_RUNTIME, e.g.
-# /usr/sbin/runc to check the harness, with a locally built busybox image). All by
-# default; --core, --storage, --hardening or --clients picks one.
+# /usr/sbin/runc to check the harness, with a locally built busybox image) and
+# tests/cri/tests/pods.rs (Kubernetes pods through containerd's CRI plugin and husk's
+# shim v2, one microVM per pod). All by default; --core, --storage, --hardening, --clients
+# or --pods picks one.
 #
 # Builds everything the tier needs (guest kernel, cached; static agent and initramfs; the
 # husk binary; a busybox test disk), then runs tests/tests/vm_tier.rs:
@@ -29,9 +31,10 @@ mkdir -p "$out"
 log() { echo "vm-tier: $*" >&2; }
 . scripts/common.sh
 
-suites=(vm_tier storage hardening clients)
+suites=(vm_tier storage hardening clients pods)
 case "${1:-}" in
     --clients) suites=(clients); shift ;;
+    --pods) suites=(pods); shift ;;
     --core) suites=(vm_tier); shift ;;
     --storage) suites=(storage); shift ;;
     --hardening) suites=(hardening); shift ;;
@@ -53,7 +56,9 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q -p husk-tests
     --bin husk-vsock-peer --bin husk-fs-probe --bin husk-hostile --target x86_64-unknown-linux-gnu
 testbins=()
 for suite in "${suites[@]}"; do
-    bin=$(cargo test --release -q -p husk-tests --test "$suite" --no-run --message-format=json 2>/dev/null |
+    package=husk-tests
+    [ "$suite" != pods ] || package=husk-cri
+    bin=$(cargo test --release -q -p "$package" --test "$suite" --no-run --message-format=json 2>/dev/null |
         SUITE=$suite python3 -c 'import json,os,sys
 for l in sys.stdin:
     m = json.loads(l)
@@ -62,7 +67,7 @@ for l in sys.stdin:
     [ -x "$bin" ] || { log "could not find the $suite test binary"; exit 1; }
     testbins+=("$bin")
 done
-if [[ " ${suites[*]} " == *" clients "* ]]; then
+if [[ " ${suites[*]} " == *" clients "* || " ${suites[*]} " == *" pods "* ]]; then
     log "building the busybox OCI image"
     HUSK_CLIENT_IMAGES=$(tests/clients/build-image.sh "$out/images")
     export HUSK_CLIENT_IMAGES
@@ -92,7 +97,7 @@ fi
 # The client daemons keep their state under /run, a tmpfs in the test host (bolt's mmap
 # fails on the shared 9p root). The checkout is shared read-write: it may live under /tmp,
 # a fresh tmpfs inside.
-declare -A budget=([vm_tier]=900 [storage]=900 [hardening]=1200 [clients]=1200)
+declare -A budget=([vm_tier]=900 [storage]=900 [hardening]=1200 [clients]=1200 [pods]=1200)
 deadline=$(( $(date +%s) + ${HUSK_VM_TIER_DEADLINE:-3600} ))
 status=0
 for i in "${!suites[@]}"; do

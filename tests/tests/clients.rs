@@ -197,9 +197,10 @@ impl Containerd {
 #[test]
 #[ignore = "VM tier, clients: run tests/vm-tier.sh --clients"]
 fn containerd_loads_the_deploy_runtime_entry() {
-    // The CRI entry is what Kubernetes uses; ctr drives the same shim and binary through
-    // --runc-binary (the other tests). Here: containerd parses the snippet and resolves the
-    // runtime to the runc v2 shim with husk as its binary.
+    // The CRI entries are what Kubernetes uses: "husk" on husk's shim v2 (the pod suite
+    // runs it), "husk-runc" on the runc v2 shim with husk as its binary (ctr drives the same
+    // through --runc-binary in the other tests). Here: containerd parses the snippet and
+    // resolves both.
     let dir = state_dir("containerd-config");
     let snippet = deploy_config("containerd-config.toml");
     let config = dir.join("config.toml");
@@ -216,10 +217,28 @@ fn containerd_loads_the_deploy_runtime_entry() {
         .arg(&config)
         .args(["config", "dump"]));
     let dump = stdout(&o);
-    let husk_section = dump
-        .split("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.husk]")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no husk runtime in: {dump}"));
+    let section = |name: &str| {
+        let header = format!("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{name}]");
+        let rest = dump
+            .split(&header)
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {name} runtime in: {dump}"));
+        // Up to the next runtime's section (its own subsections, such as its options, stay).
+        let marker = ".containerd.runtimes.";
+        let own = format!("{marker}{name}.");
+        let end = rest
+            .match_indices(marker)
+            .map(|(i, _)| i)
+            .find(|&i| !rest[i..].starts_with(&own))
+            .unwrap_or(rest.len());
+        rest[..end].to_owned()
+    };
+    let shim_v2 = section("husk");
+    assert!(
+        shim_v2.contains("runtime_type = \"io.containerd.husk.v2\""),
+        "{shim_v2}"
+    );
+    let husk_section = section("husk-runc");
     assert!(
         husk_section.contains("runtime_type = \"io.containerd.runc.v2\""),
         "{husk_section}"

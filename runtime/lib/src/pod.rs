@@ -8,8 +8,9 @@
 //! annotations. A later container joins that VM instead of booting one ([`Member`]):
 //!
 //! - its root (the engine's mount at `<bundle>/rootfs`) and its volumes are bind-mounted
-//!   into the running sandbox's shared directory (`rootfs-<token>`, `<token>-s0`, ...;
-//!   see [`crate::shares::attach`]), where the VM's virtio-fs device serves them at once;
+//!   into the running sandbox's shared directory (`rootfs-<token>`, `<token>-s0`, ...),
+//!   inside the sandbox's own mount namespace (see [`crate::shares::RunningLayout`]), where
+//!   the VM's virtio-fs device serves them at once;
 //! - the namespaces config.json names by path (the pod's network, IPC and UTS namespaces,
 //!   and its pid namespace when the pod shares one) are the pause container's in the
 //!   guest: their paths are rewritten to `/proc/<its guest pid>/ns/...`, and the agent
@@ -113,8 +114,23 @@ struct SharesGuard<'a> {
 
 impl Drop for SharesGuard<'_> {
     fn drop(&mut self) {
+        if self.names.is_empty() {
+            return;
+        }
+        // A sandbox that is gone took its mount namespace, and the mounts, with it: only
+        // the mount points are left, and its state directory goes as a whole.
+        let layout = self
+            .pod
+            .load()
+            .ok()
+            .and_then(|rec| rec.sandbox_pid())
+            .and_then(|pid| shares::RunningLayout::of_sandbox(&self.pod.jail(), pid).ok());
+        let Some(layout) = layout else {
+            self.names.clear();
+            return;
+        };
         for name in self.names.drain(..).rev() {
-            if let Err(e) = shares::detach(self.pod.path(), &name) {
+            if let Err(e) = layout.detach(&name) {
                 tracing::warn!("unsharing {name}: {e:#}");
             }
         }
@@ -162,6 +178,10 @@ impl Member {
             }
         };
 
+        let sandbox_pid = rec
+            .sandbox_pid()
+            .context("the pod's sandbox has no process")?;
+        let layout = shares::RunningLayout::of_sandbox(&pod.jail(), sandbox_pid)?;
         let tok = token(id);
         let mut guard = SharesGuard {
             pod,
@@ -176,11 +196,13 @@ impl Member {
             readonly: false,
             recursive: false,
         };
-        shares::attach(pod.path(), &root_name, &root).context("sharing the container's root")?;
+        layout
+            .attach(&root_name, &root)
+            .context("sharing the container's root")?;
         guard.names.push(root_name.clone());
         for (_, share) in bundle.shares.iter_mut() {
             share.name = format!("{tok}-{}", share.name);
-            shares::attach(pod.path(), &share.name, share)?;
+            layout.attach(&share.name, share)?;
             guard.names.push(share.name.clone());
         }
 

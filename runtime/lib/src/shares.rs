@@ -131,6 +131,15 @@ impl Source {
 
 /// Clones `source` detached, gives it its attributes, and attaches it at `target`.
 fn bind(source: &Source, target: &Path, readonly: bool, recursive: bool) -> Result<()> {
+    let tree = clone_detached(source, readonly, recursive)?;
+    attach_tree(&tree, &c_path(target)?)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("move_mount to {}", target.display()))
+}
+
+/// A detached clone of `source` (`open_tree`) with the share's attributes: nosuid, nodev,
+/// a slave of its source, read-only (recursively) when asked.
+fn clone_detached(source: &Source, readonly: bool, recursive: bool) -> Result<OwnedFd> {
     let empty = CString::default();
     let mut flags =
         OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
@@ -176,7 +185,13 @@ fn bind(source: &Source, target: &Path, readonly: bool, recursive: bool) -> Resu
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("mount_setattr");
     }
-    let target_c = c_path(target)?;
+    Ok(tree)
+}
+
+/// Attaches the detached `tree` at `target` (`move_mount`). Only system calls, no
+/// allocation: it also runs in a forked child (see [`RunningLayout`]).
+fn attach_tree(tree: &OwnedFd, target: &CString) -> std::io::Result<()> {
+    let empty = c"";
     // SAFETY: move_mount takes the detached tree, an empty path, and the target path,
     // all alive for the call.
     let rc = unsafe {
@@ -185,53 +200,171 @@ fn bind(source: &Source, target: &Path, readonly: bool, recursive: bool) -> Resu
             tree.as_raw_fd(),
             empty.as_ptr(),
             libc::AT_FDCWD,
-            target_c.as_ptr(),
+            target.as_ptr(),
             MOVE_MOUNT_F_EMPTY_PATH,
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("move_mount to {}", target.display()));
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
 
-/// Adds `share` as `name` to the running layout of the sandbox whose state directory is
-/// `state_dir`, from outside the sandbox (the shim bringing a pod's container into its
-/// VM): the share appears in the exported directory at once.
-pub fn attach(state_dir: &Path, name: &str, share: &Share) -> Result<()> {
-    let mut layout = Shares {
-        state_dir: state_dir.to_owned(),
-        names: Vec::new(),
-        // Not this handle's to tear down: the sandbox owns the layout.
-        active: false,
-    };
-    let source = Source::open(share)?;
-    layout
-        .add(name, &source, share.readonly, share.recursive)
-        .with_context(|| {
+/// A running sandbox's share layout, reached from outside the sandbox (the shim bringing a
+/// pod's container into its VM, and taking it out again).
+///
+/// The sandbox made its layout in its own mount namespace, in its jail, which is that
+/// namespace's root: the mounts exist nowhere else. The directories are the jail's on the
+/// host too, so a share's mount point is made and removed from here; the mount itself is
+/// cloned here (from the host's view of the source) and attached, or detached, by a
+/// forked child that has entered the sandbox's mount namespace. Attached to `mounts/`, a
+/// share appears in `shared/` at once (a slave of `mounts/`), where the VM's virtio-fs
+/// device serves it.
+pub struct RunningLayout {
+    /// The layout's directory (holding `mounts/`) as the host sees it.
+    host_dir: PathBuf,
+    /// The same directory as the sandbox's mount namespace sees it.
+    dir_in_ns: PathBuf,
+    /// That mount namespace.
+    ns: OwnedFd,
+}
+
+impl RunningLayout {
+    /// The layout of the sandbox process `pid`, whose jail (its root) is `jail` on the host.
+    pub fn of_sandbox(jail: &Path, pid: i32) -> Result<Self> {
+        Self::new(jail, Path::new("/"), pid)
+    }
+
+    /// The layout in `host_dir` on the host, `dir_in_ns` in the mount namespace of `pid`.
+    pub fn new(host_dir: &Path, dir_in_ns: &Path, pid: i32) -> Result<Self> {
+        let ns_path = format!("/proc/{pid}/ns/mnt");
+        let ns = File::open(&ns_path)
+            .with_context(|| format!("opening the sandbox's mount namespace {ns_path}"))?;
+        Ok(Self {
+            host_dir: host_dir.to_owned(),
+            dir_in_ns: dir_in_ns.to_owned(),
+            ns: ns.into(),
+        })
+    }
+
+    /// Adds `share` as `name`: it appears in the exported directory at once.
+    pub fn attach(&self, name: &str, share: &Share) -> Result<()> {
+        check_name(name)?;
+        let what = || {
             format!(
                 "sharing {} (for {})",
                 share.source.display(),
                 share.destination.display()
             )
+        };
+        let source = Source::open(share).with_context(what)?;
+        let tree = clone_detached(&source, share.readonly, share.recursive).with_context(what)?;
+        let target = self.host_dir.join(MOUNTS_DIR).join(name);
+        make_mount_point(&target, source.kind).with_context(what)?;
+        let inside = c_path(&self.dir_in_ns.join(MOUNTS_DIR).join(name))?;
+        let attached = self.in_namespace(|| attach_tree(&tree, &inside));
+        if let Err(e) = attached {
+            let _ = remove_mount_point(&target);
+            return Err(anyhow::Error::from(e)).context("move_mount in the sandbox's mount namespace").with_context(what);
+        }
+        Ok(())
+    }
+
+    /// Removes the share `name`; a missing one is fine.
+    pub fn detach(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        let target = self.host_dir.join(MOUNTS_DIR).join(name);
+        if std::fs::symlink_metadata(&target).is_err() {
+            return Ok(());
+        }
+        let inside = c_path(&self.dir_in_ns.join(MOUNTS_DIR).join(name))?;
+        self.in_namespace(|| {
+            // SAFETY: umount2 with a NUL-terminated path alive for the call.
+            if unsafe { libc::umount2(inside.as_ptr(), libc::MNT_DETACH) } != 0 {
+                let e = std::io::Error::last_os_error();
+                // Not mounted (any more): only the mount point is left.
+                if e.raw_os_error() != Some(libc::EINVAL) {
+                    return Err(e);
+                }
+            }
+            Ok(())
         })
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("unmounting share {name} in the sandbox's mount namespace"))?;
+        remove_mount_point(&target)
+    }
+
+    /// Runs `op` in a child forked into the sandbox's mount namespace. `op` runs after a
+    /// fork of a possibly multi-threaded process: it may only make system calls (no
+    /// allocation, no locks); what it needs is prepared beforehand.
+    fn in_namespace(&self, op: impl Fn() -> std::io::Result<()>) -> std::io::Result<()> {
+        let ns = self.ns.as_raw_fd();
+        // SAFETY: the child only calls setns, `op` (system calls only, see above) and
+        // _exit; the parent waits for it.
+        match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: setns on a namespace descriptor we own; _exit never returns.
+                unsafe {
+                    let code = if libc::setns(ns, libc::CLONE_NEWNS) != 0 {
+                        std::io::Error::last_os_error().raw_os_error().unwrap_or(1)
+                    } else {
+                        match op() {
+                            Ok(()) => 0,
+                            Err(e) => e.raw_os_error().unwrap_or(1),
+                        }
+                    };
+                    libc::_exit(code.clamp(0, 255))
+                }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                loop {
+                    match nix::sys::wait::waitpid(child, None) {
+                        Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => return Ok(()),
+                        Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => {
+                            return Err(std::io::Error::from_raw_os_error(code))
+                        }
+                        Ok(other) => {
+                            return Err(std::io::Error::other(format!(
+                                "the helper in the sandbox's mount namespace ended: {other:?}"
+                            )))
+                        }
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+    }
 }
 
-/// Removes a share [`attach`]ed as `name`; a missing one is fine.
-pub fn detach(state_dir: &Path, name: &str) -> Result<()> {
+fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
         bail!("share name {name:?} is not a plain name");
     }
-    let target = state_dir.join(MOUNTS_DIR).join(name);
-    let Ok(meta) = std::fs::symlink_metadata(&target) else {
-        return Ok(());
-    };
-    mounts::unmount_under(&target)?;
+    Ok(())
+}
+
+/// Makes the (empty) mount point of a share of `kind` at `target`.
+fn make_mount_point(target: &Path, kind: ShareKind) -> Result<()> {
+    match kind {
+        ShareKind::Directory => std::fs::DirBuilder::new().mode(0o700).create(target),
+        ShareKind::File => File::options()
+            .write(true)
+            .create_new(true)
+            .open(target)
+            .map(drop),
+    }
+    .with_context(|| format!("creating {}", target.display()))
+}
+
+/// Removes a share's mount point (nothing is mounted on it any more).
+fn remove_mount_point(target: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(target)
+        .with_context(|| format!("examining {}", target.display()))?;
     if meta.is_dir() {
-        std::fs::remove_dir(&target)
+        std::fs::remove_dir(target)
     } else {
-        std::fs::remove_file(&target)
+        std::fs::remove_file(target)
     }
     .with_context(|| format!("removing {}", target.display()))
 }
@@ -310,19 +443,9 @@ impl Shares {
         readonly: bool,
         recursive: bool,
     ) -> Result<()> {
-        if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            bail!("share name {name:?} is not a plain name");
-        }
+        check_name(name)?;
         let target = self.mounts_dir().join(name);
-        match source.kind {
-            ShareKind::Directory => std::fs::DirBuilder::new().mode(0o700).create(&target),
-            ShareKind::File => File::options()
-                .write(true)
-                .create_new(true)
-                .open(&target)
-                .map(drop),
-        }
-        .with_context(|| format!("creating {}", target.display()))?;
+        make_mount_point(&target, source.kind)?;
         bind(source, &target, readonly, recursive)?;
         self.names.push(name.to_owned());
         Ok(())
@@ -482,13 +605,15 @@ mod tests {
         std::fs::write(&file, "1.2.3.4 h\n").unwrap();
         let mut owner = Shares::setup(&state, &[], None).unwrap();
         let shared = owner.shared_dir();
-        attach(
-            &state,
-            "c1-s0",
-            &share("x", &vol, ShareKind::Directory, false),
-        )
-        .unwrap();
-        attach(&state, "c1-s1", &share("x", &file, ShareKind::File, true)).unwrap();
+        // Here the "sandbox" is this process: the helper enters our own mount namespace,
+        // where the layout has its host path.
+        let running = RunningLayout::new(&state, &state, std::process::id() as i32).unwrap();
+        running
+            .attach("c1-s0", &share("x", &vol, ShareKind::Directory, false))
+            .unwrap();
+        running
+            .attach("c1-s1", &share("x", &file, ShareKind::File, true))
+            .unwrap();
         assert_eq!(
             std::fs::read_to_string(shared.join("c1-s0/f")).unwrap(),
             "pod volume"
@@ -497,18 +622,24 @@ mod tests {
             std::fs::read_to_string(shared.join("c1-s1")).unwrap(),
             "1.2.3.4 h\n"
         );
-        assert!(attach(
-            &state,
-            "../x",
-            &share("x", &vol, ShareKind::Directory, false)
-        )
-        .is_err());
-        detach(&state, "c1-s1").unwrap();
+        assert!(running
+            .attach("../x", &share("x", &vol, ShareKind::Directory, false))
+            .is_err());
+        // A mount point that cannot take the mount: the error says so and no mount point
+        // is left behind.
+        let wrong = RunningLayout::new(&state, Path::new("/nonexistent"), std::process::id() as i32)
+            .unwrap();
+        let e = wrong
+            .attach("c1-s2", &share("x", &vol, ShareKind::Directory, false))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("move_mount"), "{e:#}");
+        assert!(!state.join(MOUNTS_DIR).join("c1-s2").exists());
+        running.detach("c1-s1").unwrap();
         assert!(
             !shared.join("c1-s1").exists(),
             "a detached share leaves the export"
         );
-        detach(&state, "c1-s1").unwrap();
+        running.detach("c1-s1").unwrap();
         // What is still attached goes with the owner's teardown.
         owner.teardown().unwrap();
         assert!(crate::mounts::mounts_under(&state).unwrap().is_empty());

@@ -1,0 +1,541 @@
+//! VM tier, pods: containerd's CRI plugin with a `husk` runtime handler on husk's shim v2,
+//! driven by the CRI client in this crate as the kubelet would drive it. Every pod is one
+//! microVM; its containers join it.
+//!
+//! Needs what the client suite needs (containerd, the CNI plugins, the locally built
+//! busybox and pause images: tests/vm-tier.sh --pods builds them) and runs inside the test
+//! host where /dev/kvm cannot boot Linux.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use husk_cri::{cri, Cri};
+use husk_tests::{output, show};
+
+const IMAGE: &str = "localhost/busybox:latest";
+const PAUSE: &str = "localhost/husk-pause:latest";
+/// The namespace the CRI plugin keeps its containers in.
+const NS: &str = "k8s.io";
+
+fn env_path(name: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os(name).unwrap_or_else(|| {
+        panic!("{name} is not set: run tests/vm-tier.sh --pods");
+    }))
+}
+
+/// containerd with its CRI plugin, a `husk` handler on `io.containerd.husk.v2`, a bridge
+/// network for pods, and the busybox and pause images in the CRI's namespace.
+struct Containerd {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Containerd {
+    fn start(name: &str) -> Self {
+        let dir = PathBuf::from("/run/husk-pods").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("cni")).unwrap();
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let socket = dir.join("containerd.sock");
+        // The pods' network: one bridge, addresses from host-local.
+        std::fs::write(
+            dir.join("cni/10-husk-pods.conflist"),
+            format!(
+                r#"{{"cniVersion": "1.0.0", "name": "husk-pods", "plugins": [
+                {{"type": "bridge", "bridge": "husk-pod0", "isGateway": true, "ipMasq": false,
+                  "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "10.98.0.0/24"}}]],
+                           "routes": [{{"dst": "0.0.0.0/0"}}], "dataDir": "{d}/ipam"}}}}]}}"#,
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 [grpc]\n  address = \"{s}\"\n\
+                 [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{PAUSE}\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  \
+                 conf_dir = \"{d}/cni\"\n\
+                 {handler}",
+                d = dir.display(),
+                s = socket.display(),
+                handler = deploy_handler(),
+            ),
+        )
+        .unwrap();
+        // containerd finds containerd-shim-husk-v2 on its PATH (built beside husk).
+        let bin_dir = env_path("HUSK_BIN").parent().unwrap().to_owned();
+        let path = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let mut child = Command::new("containerd")
+            .env("PATH", path)
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting containerd");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !socket.exists() {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("containerd exited ({st})");
+            }
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let c = Self { child, dir, socket };
+        let images = env_path("HUSK_CLIENT_IMAGES");
+        for tar in ["busybox-oci.tar", "pause-oci.tar"] {
+            let o = output(c.ctr().args(["images", "import"]).arg(images.join(tar)));
+            assert!(o.status.success(), "importing {tar}: {}", show(&o));
+        }
+        c
+    }
+
+    fn ctr(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("-a").arg(&self.socket).args(["-n", NS]);
+        c
+    }
+
+    fn cri(&self) -> Cri {
+        Cri::connect(&self.socket).expect("connecting to the CRI socket")
+    }
+
+    /// The last lines of containerd's log (the shims log into it), for a failure message.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `husk` runtime handler, as deploy/containerd-config.toml gives it.
+fn deploy_handler() -> String {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let text = std::fs::read_to_string(repo.join("deploy/containerd-config.toml")).unwrap();
+    let start = text
+        .find("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.husk]")
+        .expect("deploy/containerd-config.toml has no husk handler");
+    let section: Vec<&str> = text[start..]
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    section.join("\n") + "\n"
+}
+
+fn pod_config(name: &str, logs: &Path, annotations: &[(&str, &str)]) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: logs.join(name).display().to_string(),
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Pod as i32,
+                    pid: cri::NamespaceMode::Container as i32,
+                    ipc: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, attempt: u32, script: &str, mounts: &[(&Path, &str)]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt,
+        }),
+        image: Some(cri::ImageSpec {
+            image: IMAGE.into(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}-{attempt}.log"),
+        mounts: mounts
+            .iter()
+            .map(|(host, inside)| cri::Mount {
+                host_path: host.display().to_string(),
+                container_path: inside.to_string(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A pod the tests run: its id and config (CreateContainer wants the config again).
+struct Pod {
+    id: String,
+    config: cri::PodSandboxConfig,
+}
+
+fn run_pod(cri: &mut Cri, config: cri::PodSandboxConfig) -> Pod {
+    let id = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: "husk".into(),
+        })
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e:#}"))
+        .pod_sandbox_id;
+    Pod { id, config }
+}
+
+/// Creates and starts a container in `pod`; its id.
+fn start_container(c: &Containerd, cri: &mut Cri, pod: &Pod, config: cri::ContainerConfig) -> String {
+    let id = cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.config.clone()),
+        })
+        .unwrap_or_else(|e| panic!("CreateContainer: {e:#}\n{}", c.log_tail()))
+        .container_id;
+    cri.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .unwrap_or_else(|e| panic!("StartContainer: {e:#}\n{}", c.log_tail()));
+    id
+}
+
+/// ExecSync in `id`: stdout, stderr and exit code.
+fn exec(cri: &mut Cri, id: &str, script: &str) -> (String, String, i32) {
+    let r = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 120,
+        })
+        .unwrap_or_else(|e| panic!("ExecSync {script:?} in {id}: {e:#}"));
+    (
+        String::from_utf8_lossy(&r.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&r.stderr).trim().to_owned(),
+        r.exit_code,
+    )
+}
+
+/// Runs `script` in `id` until it prints `want` (a server in another container may still
+/// be starting).
+fn exec_until(cri: &mut Cri, id: &str, script: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (out, err, code) = exec(cri, id, script);
+        if out == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{script:?} in {id} printed {out:?} (stderr {err:?}, exit {code}), not {want:?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn container_state(cri: &mut Cri, id: &str) -> (i32, i32) {
+    let s = cri
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e:#}"))
+        .status
+        .expect("ContainerStatus without a status");
+    (s.state, s.exit_code)
+}
+
+fn stop_and_remove_pod(cri: &mut Cri, pod: &Pod) {
+    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.id.clone(),
+    })
+    .unwrap_or_else(|e| panic!("StopPodSandbox: {e:#}"));
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.id.clone(),
+    })
+    .unwrap_or_else(|e| panic!("RemovePodSandbox: {e:#}"));
+}
+
+/// Processes whose command line names `what` (the shim, husk's sandbox processes).
+fn processes(what: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if !e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(what) {
+            found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+/// No husk process, shim, state or tap is left once every pod is gone.
+fn assert_nothing_left(c: &Containerd) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut left = processes("containerd-shim-husk-v2");
+        left.extend(processes("husk sandbox"));
+        let state = Path::new("/run/containerd/husk").join(NS);
+        if let Ok(dir) = std::fs::read_dir(&state) {
+            left.extend(dir.flatten().map(|e| format!("state {}", e.path().display())));
+        }
+        left.extend(husk_tests::net::husk_leftovers(&[]));
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        left.extend(
+            mounts
+                .lines()
+                .filter(|l| l.contains("/run/containerd/husk") || l.contains("husk-shared"))
+                .map(|l| format!("mount {l}")),
+        );
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {left:#?}\n{}",
+            c.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+#[ignore = "VM tier, pods: run tests/vm-tier.sh --pods"]
+fn a_pod_is_one_vm_whose_containers_share_localhost_a_volume_and_restart_inside_it() {
+    let c = Containerd::start("two");
+    let mut cri = c.cri();
+    let logs = c.dir.join("logs");
+    let shared = c.dir.join("emptydir");
+    std::fs::create_dir_all(&shared).unwrap();
+    let pod = run_pod(
+        &mut cri,
+        pod_config("web", &logs, &[]),
+    );
+    let sandboxes = processes("husk sandbox").len();
+    assert_eq!(sandboxes, 1, "one VM for the pod: {:?}", processes("husk sandbox"));
+
+    // A server on the pod's localhost, and a client beside it.
+    let server_script = "echo server up; echo from-server > /shared/server; mkdir -p /www; \
+                         echo pod-ok > /www/index.html; exec httpd -f -p 127.0.0.1:8080 -h /www";
+    let server = start_container(
+        &c,
+        &mut cri,
+        &pod,
+        container_config("server", 0, server_script, &[(&shared, "/shared")]),
+    );
+    let client = start_container(
+        &c,
+        &mut cri,
+        &pod,
+        container_config(
+            "client",
+            0,
+            "echo from-client > /shared/client; exec sleep 100000",
+            &[(&shared, "/shared")],
+        ),
+    );
+    // Still one VM: both containers joined the pod's.
+    assert_eq!(
+        processes("husk sandbox").len(),
+        sandboxes,
+        "a container of the pod booted a VM of its own: {:?}",
+        processes("husk sandbox")
+    );
+    exec_until(&mut cri, &client, "wget -qO- http://127.0.0.1:8080/", "pod-ok");
+    // The emptyDir: each sees the other's file, and so does the host.
+    exec_until(&mut cri, &client, "cat /shared/server", "from-server");
+    exec_until(&mut cri, &server, "cat /shared/client", "from-client");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("client")).unwrap().trim(),
+        "from-client"
+    );
+    // The pod's UTS namespace: the pod's hostname in every container.
+    let (host, _, _) = exec(&mut cri, &client, "hostname");
+    assert_eq!(host, "web");
+    // ExecSync's exit status and stderr come back.
+    let (out, err, code) = exec(&mut cri, &client, "echo out; echo err >&2; exit 7");
+    assert_eq!((out.as_str(), err.as_str(), code), ("out", "err", 7));
+
+    // The CRI container log, in the CRI's format.
+    let log = logs.join("web").join("server-0.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().any(|l| l.ends_with(" stdout F server up")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no 'server up' in {}: {text:?}", log.display());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Stats of a container of the pod.
+    let stats = cri
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: server.clone(),
+        })
+        .unwrap_or_else(|e| panic!("ContainerStats: {e:#}"))
+        .stats
+        .expect("no stats");
+    let memory = stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map_or(0, |v| v.value);
+    let cpu = stats
+        .cpu
+        .and_then(|c| c.usage_core_nano_seconds)
+        .map_or(0, |v| v.value);
+    assert!(memory > 0 && cpu > 0, "stats: memory {memory}, cpu {cpu}");
+
+    // Stop and remove the server, then create it again in the running pod.
+    cri.stop_container(cri::StopContainerRequest {
+        container_id: server.clone(),
+        timeout: 10,
+    })
+    .unwrap_or_else(|e| panic!("StopContainer: {e:#}\n{}", c.log_tail()));
+    let (state, _) = container_state(&mut cri, &server);
+    assert_eq!(state, cri::ContainerState::ContainerExited as i32);
+    cri.remove_container(cri::RemoveContainerRequest {
+        container_id: server.clone(),
+    })
+    .unwrap_or_else(|e| panic!("RemoveContainer: {e:#}"));
+    let (_, _, code) = exec(&mut cri, &client, "wget -qO- -T 5 http://127.0.0.1:8080/");
+    assert_ne!(code, 0, "the server still answers after it was removed");
+    let again = start_container(
+        &c,
+        &mut cri,
+        &pod,
+        container_config("server", 1, server_script, &[(&shared, "/shared")]),
+    );
+    exec_until(&mut cri, &client, "wget -qO- http://127.0.0.1:8080/", "pod-ok");
+    assert_eq!(processes("husk sandbox").len(), sandboxes);
+
+    // A container that exits on its own reports its status.
+    let done = start_container(
+        &c,
+        &mut cri,
+        &pod,
+        container_config("done", 0, "exit 3", &[]),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while container_state(&mut cri, &done).0 != cri::ContainerState::ContainerExited as i32 {
+        assert!(Instant::now() < deadline, "the exiting container never exited");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(container_state(&mut cri, &done).1, 3);
+
+    let _ = again;
+    stop_and_remove_pod(&mut cri, &pod);
+    assert_nothing_left(&c);
+}
+
+#[test]
+#[ignore = "VM tier, pods: run tests/vm-tier.sh --pods"]
+fn a_killed_shim_is_cleaned_up_and_leaves_no_vm() {
+    let c = Containerd::start("kill");
+    let mut cri = c.cri();
+    let pod = run_pod(&mut cri, pod_config("victim", &c.dir.join("logs"), &[]));
+    let id = start_container(
+        &c,
+        &mut cri,
+        &pod,
+        container_config("sleeper", 0, "exec sleep 100000", &[]),
+    );
+    exec_until(&mut cri, &id, "echo alive", "alive");
+    let shims = processes("containerd-shim-husk-v2");
+    assert_eq!(shims.len(), 1, "one shim per pod: {shims:?}");
+    let pid: i32 = shims[0].split(':').next().unwrap().parse().unwrap();
+    let o = output(Command::new("kill").args(["-9", &pid.to_string()]));
+    assert!(o.status.success(), "{}", show(&o));
+    // containerd notices, and the CRI can still stop and remove the pod.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let r = cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.id.clone(),
+        });
+        if r.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "StopPodSandbox after the shim died: {:?}", r.err());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.id.clone(),
+    })
+    .unwrap_or_else(|e| panic!("RemovePodSandbox: {e:#}"));
+    assert_nothing_left(&c);
+}
+
+#[test]
+#[ignore = "VM tier, pods: run tests/vm-tier.sh --pods"]
+fn ten_pods_start_in_parallel() {
+    let c = Containerd::start("ten");
+    let logs = c.dir.join("logs");
+    let socket = c.socket.clone();
+    let threads: Vec<_> = (0..10)
+        .map(|i| {
+            let (socket, logs) = (socket.clone(), logs.clone());
+            std::thread::spawn(move || {
+                let mut cri = Cri::connect(&socket).unwrap();
+                let pod = run_pod(&mut cri, pod_config(&format!("p{i}"), &logs, &[]));
+                let id = cri
+                    .create_container(cri::CreateContainerRequest {
+                        pod_sandbox_id: pod.id.clone(),
+                        config: Some(container_config("c", 0, "exec sleep 100000", &[])),
+                        sandbox_config: Some(pod.config.clone()),
+                    })
+                    .unwrap_or_else(|e| panic!("CreateContainer in p{i}: {e:#}"))
+                    .container_id;
+                cri.start_container(cri::StartContainerRequest {
+                    container_id: id.clone(),
+                })
+                .unwrap_or_else(|e| panic!("StartContainer in p{i}: {e:#}"));
+                exec_until(&mut cri, &id, "hostname", &format!("p{i}"));
+                pod
+            })
+        })
+        .collect();
+    let pods: Vec<Pod> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap_or_else(|_| panic!("a pod failed:\n{}", c.log_tail())))
+        .collect();
+    assert_eq!(processes("husk sandbox").len(), 10, "one VM per pod");
+    let mut cri = c.cri();
+    for pod in &pods {
+        stop_and_remove_pod(&mut cri, pod);
+    }
+    assert_nothing_left(&c);
+}
