@@ -265,7 +265,9 @@ impl RunningLayout {
         let attached = self.in_namespace(|| attach_tree(&tree, &inside));
         if let Err(e) = attached {
             let _ = remove_mount_point(&target);
-            return Err(anyhow::Error::from(e)).context("move_mount in the sandbox's mount namespace").with_context(what);
+            return Err(anyhow::Error::from(e))
+                .context("move_mount in the sandbox's mount namespace")
+                .with_context(what);
         }
         Ok(())
     }
@@ -316,23 +318,21 @@ impl RunningLayout {
                     libc::_exit(code.clamp(0, 255))
                 }
             }
-            nix::unistd::ForkResult::Parent { child } => {
-                loop {
-                    match nix::sys::wait::waitpid(child, None) {
-                        Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => return Ok(()),
-                        Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => {
-                            return Err(std::io::Error::from_raw_os_error(code))
-                        }
-                        Ok(other) => {
-                            return Err(std::io::Error::other(format!(
-                                "the helper in the sandbox's mount namespace ended: {other:?}"
-                            )))
-                        }
-                        Err(nix::errno::Errno::EINTR) => continue,
-                        Err(e) => return Err(e.into()),
+            nix::unistd::ForkResult::Parent { child } => loop {
+                match nix::sys::wait::waitpid(child, None) {
+                    Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => return Ok(()),
+                    Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => {
+                        return Err(std::io::Error::from_raw_os_error(code))
                     }
+                    Ok(other) => {
+                        return Err(std::io::Error::other(format!(
+                            "the helper in the sandbox's mount namespace ended: {other:?}"
+                        )))
+                    }
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
                 }
-            }
+            },
         }
     }
 }
@@ -627,8 +627,9 @@ mod tests {
             .is_err());
         // A mount point that cannot take the mount: the error says so and no mount point
         // is left behind.
-        let wrong = RunningLayout::new(&state, Path::new("/nonexistent"), std::process::id() as i32)
-            .unwrap();
+        let wrong =
+            RunningLayout::new(&state, Path::new("/nonexistent"), std::process::id() as i32)
+                .unwrap();
         let e = wrong
             .attach("c1-s2", &share("x", &vol, ShareKind::Directory, false))
             .unwrap_err();

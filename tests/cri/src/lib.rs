@@ -1,8 +1,12 @@
-//! A blocking CRI v1 client over containerd's socket, for the VM tier's pod tests: it
-//! plays the kubelet's part (crictl is not packaged for Debian 12). Requests are the
-//! `k8s-cri` crate's types; each call runs on a small runtime of its own.
+//! A blocking CRI v1 client over containerd's socket, for the VM tier's pod tests and the
+//! pod benchmark: it plays the kubelet's part (crictl is not packaged for Debian 12).
+//! Requests are the `k8s-cri` crate's types; each call runs on a small runtime of its own.
+//! [`Containerd`] starts the containerd it talks to.
 
 use std::path::Path;
+
+mod containerd;
+pub use containerd::{deploy_handlers, Containerd, IMAGE, NS, PAUSE};
 
 use anyhow::{Context, Result};
 use hyper_util::rt::TokioIo;

@@ -7,138 +7,29 @@
 //! host where /dev/kvm cannot boot Linux.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use husk_cri::{cri, Cri};
+use husk_cri::{cri, Containerd, Cri, IMAGE, NS};
 use husk_tests::{output, show};
 
-const IMAGE: &str = "localhost/busybox:latest";
-const PAUSE: &str = "localhost/husk-pause:latest";
-/// The namespace the CRI plugin keeps its containers in.
-const NS: &str = "k8s.io";
-
-fn env_path(name: &str) -> PathBuf {
-    PathBuf::from(std::env::var_os(name).unwrap_or_else(|| {
-        panic!("{name} is not set: run tests/vm-tier.sh --pods");
-    }))
-}
-
-/// containerd with its CRI plugin, a `husk` handler on `io.containerd.husk.v2`, a bridge
-/// network for pods, and the busybox and pause images in the CRI's namespace.
-struct Containerd {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-}
-
-impl Containerd {
-    fn start(name: &str) -> Self {
-        let dir = PathBuf::from("/run/husk-pods").join(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("cni")).unwrap();
-        std::fs::create_dir_all(dir.join("logs")).unwrap();
-        let socket = dir.join("containerd.sock");
-        // The pods' network: one bridge, addresses from host-local.
-        std::fs::write(
-            dir.join("cni/10-husk-pods.conflist"),
-            format!(
-                r#"{{"cniVersion": "1.0.0", "name": "husk-pods", "plugins": [
-                {{"type": "bridge", "bridge": "husk-pod0", "isGateway": true, "ipMasq": false,
-                  "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "10.98.0.0/24"}}]],
-                           "routes": [{{"dst": "0.0.0.0/0"}}], "dataDir": "{d}/ipam"}}}}]}}"#,
-                d = dir.display()
-            ),
+/// containerd with the CRI plugin and deploy/'s `husk` handler, in a directory of its own
+/// under /run (see [`Containerd::start`]).
+fn containerd(name: &str) -> Containerd {
+    let env = |name: &str| {
+        PathBuf::from(
+            std::env::var_os(name)
+                .unwrap_or_else(|| panic!("{name} is not set: run tests/vm-tier.sh --pods")),
         )
-        .unwrap();
-        let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-                 [grpc]\n  address = \"{s}\"\n\
-                 [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{PAUSE}\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  \
-                 conf_dir = \"{d}/cni\"\n\
-                 {handler}",
-                d = dir.display(),
-                s = socket.display(),
-                handler = deploy_handler(),
-            ),
-        )
-        .unwrap();
-        // containerd finds containerd-shim-husk-v2 on its PATH (built beside husk).
-        let bin_dir = env_path("HUSK_BIN").parent().unwrap().to_owned();
-        let path = format!(
-            "{}:{}",
-            bin_dir.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
-        let mut child = Command::new("containerd")
-            .env("PATH", path)
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting containerd");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !socket.exists() {
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!("containerd exited ({st})");
-            }
-            assert!(Instant::now() < deadline, "containerd did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let c = Self { child, dir, socket };
-        let images = env_path("HUSK_CLIENT_IMAGES");
-        for tar in ["busybox-oci.tar", "pause-oci.tar"] {
-            let o = output(c.ctr().args(["images", "import"]).arg(images.join(tar)));
-            assert!(o.status.success(), "importing {tar}: {}", show(&o));
-        }
-        c
-    }
-
-    fn ctr(&self) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("-a").arg(&self.socket).args(["-n", NS]);
-        c
-    }
-
-    fn cri(&self) -> Cri {
-        Cri::connect(&self.socket).expect("connecting to the CRI socket")
-    }
-
-    /// The last lines of containerd's log (the shims log into it), for a failure message.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The `husk` runtime handler, as deploy/containerd-config.toml gives it.
-fn deploy_handler() -> String {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let text = std::fs::read_to_string(repo.join("deploy/containerd-config.toml")).unwrap();
-    let start = text
-        .find("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.husk]")
-        .expect("deploy/containerd-config.toml has no husk handler");
-    let section: Vec<&str> = text[start..]
-        .lines()
-        .take_while(|l| !l.trim().is_empty())
-        .collect();
-    section.join("\n") + "\n"
+    };
+    let husk = env("HUSK_BIN");
+    Containerd::start(
+        &PathBuf::from("/run/husk-pods").join(name),
+        husk.parent().unwrap(),
+        &env("HUSK_CLIENT_IMAGES"),
+        &husk_cri::deploy_handlers().unwrap(),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn pod_config(name: &str, logs: &Path, annotations: &[(&str, &str)]) -> cri::PodSandboxConfig {
@@ -171,7 +62,12 @@ fn pod_config(name: &str, logs: &Path, annotations: &[(&str, &str)]) -> cri::Pod
     }
 }
 
-fn container_config(name: &str, attempt: u32, script: &str, mounts: &[(&Path, &str)]) -> cri::ContainerConfig {
+fn container_config(
+    name: &str,
+    attempt: u32,
+    script: &str,
+    mounts: &[(&Path, &str)],
+) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: name.into(),
@@ -213,7 +109,12 @@ fn run_pod(cri: &mut Cri, config: cri::PodSandboxConfig) -> Pod {
 }
 
 /// Creates and starts a container in `pod`; its id.
-fn start_container(c: &Containerd, cri: &mut Cri, pod: &Pod, config: cri::ContainerConfig) -> String {
+fn start_container(
+    c: &Containerd,
+    cri: &mut Cri,
+    pod: &Pod,
+    config: cri::ContainerConfig,
+) -> String {
     let id = cri
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.id.clone(),
@@ -289,7 +190,12 @@ fn stop_and_remove_pod(cri: &mut Cri, pod: &Pod) {
 fn processes(what: &str) -> Vec<String> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if !e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
             continue;
         }
         let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
@@ -308,10 +214,13 @@ fn assert_nothing_left(c: &Containerd) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut left = processes("containerd-shim-husk-v2");
-        left.extend(processes("husk sandbox"));
+        left.extend(processes(" sandbox --id "));
         let state = Path::new("/run/containerd/husk").join(NS);
         if let Ok(dir) = std::fs::read_dir(&state) {
-            left.extend(dir.flatten().map(|e| format!("state {}", e.path().display())));
+            left.extend(
+                dir.flatten()
+                    .map(|e| format!("state {}", e.path().display())),
+            );
         }
         left.extend(husk_tests::net::husk_leftovers(&[]));
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -336,17 +245,19 @@ fn assert_nothing_left(c: &Containerd) {
 #[test]
 #[ignore = "VM tier, pods: run tests/vm-tier.sh --pods"]
 fn a_pod_is_one_vm_whose_containers_share_localhost_a_volume_and_restart_inside_it() {
-    let c = Containerd::start("two");
-    let mut cri = c.cri();
+    let c = containerd("two");
+    let mut cri = c.cri().unwrap();
     let logs = c.dir.join("logs");
     let shared = c.dir.join("emptydir");
     std::fs::create_dir_all(&shared).unwrap();
-    let pod = run_pod(
-        &mut cri,
-        pod_config("web", &logs, &[]),
+    let pod = run_pod(&mut cri, pod_config("web", &logs, &[]));
+    let sandboxes = processes(" sandbox --id ").len();
+    assert_eq!(
+        sandboxes,
+        1,
+        "one VM for the pod: {:?}",
+        processes(" sandbox --id ")
     );
-    let sandboxes = processes("husk sandbox").len();
-    assert_eq!(sandboxes, 1, "one VM for the pod: {:?}", processes("husk sandbox"));
 
     // A server on the pod's localhost, and a client beside it.
     let server_script = "echo server up; echo from-server > /shared/server; mkdir -p /www; \
@@ -370,17 +281,24 @@ fn a_pod_is_one_vm_whose_containers_share_localhost_a_volume_and_restart_inside_
     );
     // Still one VM: both containers joined the pod's.
     assert_eq!(
-        processes("husk sandbox").len(),
+        processes(" sandbox --id ").len(),
         sandboxes,
         "a container of the pod booted a VM of its own: {:?}",
-        processes("husk sandbox")
+        processes(" sandbox --id ")
     );
-    exec_until(&mut cri, &client, "wget -qO- http://127.0.0.1:8080/", "pod-ok");
+    exec_until(
+        &mut cri,
+        &client,
+        "wget -qO- http://127.0.0.1:8080/",
+        "pod-ok",
+    );
     // The emptyDir: each sees the other's file, and so does the host.
     exec_until(&mut cri, &client, "cat /shared/server", "from-server");
     exec_until(&mut cri, &server, "cat /shared/client", "from-client");
     assert_eq!(
-        std::fs::read_to_string(shared.join("client")).unwrap().trim(),
+        std::fs::read_to_string(shared.join("client"))
+            .unwrap()
+            .trim(),
         "from-client"
     );
     // The pod's UTS namespace: the pod's hostname in every container.
@@ -398,7 +316,11 @@ fn a_pod_is_one_vm_whose_containers_share_localhost_a_volume_and_restart_inside_
         if text.lines().any(|l| l.ends_with(" stdout F server up")) {
             break;
         }
-        assert!(Instant::now() < deadline, "no 'server up' in {}: {text:?}", log.display());
+        assert!(
+            Instant::now() < deadline,
+            "no 'server up' in {}: {text:?}",
+            log.display()
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 
@@ -440,8 +362,13 @@ fn a_pod_is_one_vm_whose_containers_share_localhost_a_volume_and_restart_inside_
         &pod,
         container_config("server", 1, server_script, &[(&shared, "/shared")]),
     );
-    exec_until(&mut cri, &client, "wget -qO- http://127.0.0.1:8080/", "pod-ok");
-    assert_eq!(processes("husk sandbox").len(), sandboxes);
+    exec_until(
+        &mut cri,
+        &client,
+        "wget -qO- http://127.0.0.1:8080/",
+        "pod-ok",
+    );
+    assert_eq!(processes(" sandbox --id ").len(), sandboxes);
 
     // A container that exits on its own reports its status.
     let done = start_container(
@@ -452,7 +379,10 @@ fn a_pod_is_one_vm_whose_containers_share_localhost_a_volume_and_restart_inside_
     );
     let deadline = Instant::now() + Duration::from_secs(120);
     while container_state(&mut cri, &done).0 != cri::ContainerState::ContainerExited as i32 {
-        assert!(Instant::now() < deadline, "the exiting container never exited");
+        assert!(
+            Instant::now() < deadline,
+            "the exiting container never exited"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(container_state(&mut cri, &done).1, 3);
@@ -465,8 +395,8 @@ fn a_pod_is_one_vm_whose_containers_share_localhost_a_volume_and_restart_inside_
 #[test]
 #[ignore = "VM tier, pods: run tests/vm-tier.sh --pods"]
 fn a_killed_shim_is_cleaned_up_and_leaves_no_vm() {
-    let c = Containerd::start("kill");
-    let mut cri = c.cri();
+    let c = containerd("kill");
+    let mut cri = c.cri().unwrap();
     let pod = run_pod(&mut cri, pod_config("victim", &c.dir.join("logs"), &[]));
     let id = start_container(
         &c,
@@ -489,7 +419,11 @@ fn a_killed_shim_is_cleaned_up_and_leaves_no_vm() {
         if r.is_ok() {
             break;
         }
-        assert!(Instant::now() < deadline, "StopPodSandbox after the shim died: {:?}", r.err());
+        assert!(
+            Instant::now() < deadline,
+            "StopPodSandbox after the shim died: {:?}",
+            r.err()
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
     cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
@@ -502,7 +436,7 @@ fn a_killed_shim_is_cleaned_up_and_leaves_no_vm() {
 #[test]
 #[ignore = "VM tier, pods: run tests/vm-tier.sh --pods"]
 fn ten_pods_start_in_parallel() {
-    let c = Containerd::start("ten");
+    let c = containerd("ten");
     let logs = c.dir.join("logs");
     let socket = c.socket.clone();
     let threads: Vec<_> = (0..10)
@@ -530,10 +464,13 @@ fn ten_pods_start_in_parallel() {
         .collect();
     let pods: Vec<Pod> = threads
         .into_iter()
-        .map(|t| t.join().unwrap_or_else(|_| panic!("a pod failed:\n{}", c.log_tail())))
+        .map(|t| {
+            t.join()
+                .unwrap_or_else(|_| panic!("a pod failed:\n{}", c.log_tail()))
+        })
         .collect();
-    assert_eq!(processes("husk sandbox").len(), 10, "one VM per pod");
-    let mut cri = c.cri();
+    assert_eq!(processes(" sandbox --id ").len(), 10, "one VM per pod");
+    let mut cri = c.cri().unwrap();
     for pod in &pods {
         stop_and_remove_pod(&mut cri, pod);
     }
