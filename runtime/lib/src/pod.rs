@@ -206,7 +206,23 @@ impl Member {
             guard.names.push(share.name.clone());
         }
 
+        // The guest spec drops the network namespace's path (a standalone container's is
+        // the host's, joined by the sandbox): a member's is the pod's, so it goes back in
+        // before the paths become the pause container's in the guest.
+        let pod_network = bundle
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|list| {
+                list.iter().any(|n| {
+                    n.typ() == oci_spec::runtime::LinuxNamespaceType::Network && n.path().is_some()
+                })
+            });
         let mut spec = bundle.guest_spec(&shared.path);
+        if pod_network {
+            mark_network_joined(&mut spec);
+        }
         join_pod_namespaces(&mut spec, pause)?;
         let first = FIRST_MEMBER_PORT + std::process::id() % 4000;
         let (listener, port) = StdioListener::bind_free(&endpoint.stdio_prefix(), first)?;
@@ -375,6 +391,19 @@ impl Member {
     }
 }
 
+/// Gives the spec's network namespace a path again (any: [`join_pod_namespaces`] points
+/// it at the pause container's).
+fn mark_network_joined(spec: &mut serde_json::Value) {
+    if let Some(list) = spec
+        .pointer_mut("/linux/namespaces")
+        .and_then(|n| n.as_array_mut())
+    {
+        for ns in list.iter_mut().filter(|n| n["type"] == "network") {
+            ns["path"] = serde_json::Value::String("pod".into());
+        }
+    }
+}
+
 /// Points the namespaces config.json names by path at the pause container's in the guest
 /// (its guest pid is `pause`): a pod's containers share its network, IPC and UTS
 /// namespaces, and its pid namespace when the pod shares one. A mount or user namespace
@@ -448,6 +477,11 @@ mod tests {
         assert_eq!(ns[2]["path"], "/proc/7/ns/net");
         assert_eq!(ns[3]["path"], "/proc/7/ns/ipc");
         assert_eq!(ns[4]["path"], "/proc/7/ns/uts");
+        // The network namespace whose path the guest spec dropped joins the pod's too.
+        let mut spec = serde_json::json!({"linux": {"namespaces": [{"type": "network"}]}});
+        mark_network_joined(&mut spec);
+        join_pod_namespaces(&mut spec, 9).unwrap();
+        assert_eq!(spec["linux"]["namespaces"][0]["path"], "/proc/9/ns/net");
         let mut bad = serde_json::json!({"linux": {"namespaces": [
             {"type": "mount", "path": "/proc/4242/ns/mnt"}]}});
         let err = join_pod_namespaces(&mut bad, 7).unwrap_err().to_string();

@@ -1,5 +1,5 @@
 //! containerd with its CRI plugin, as a Kubernetes node runs it, in a directory of its own:
-//! the runtime handlers deploy/containerd-config.toml gives (plus any the caller adds), a
+//! the default `runc` handler and those deploy/containerd-config.toml gives, a
 //! bridge network for pods (CNI), and the locally built busybox and pause images in the
 //! CRI's namespace. The pod tests and the pod benchmark start one each.
 
@@ -72,7 +72,9 @@ impl Containerd {
                  [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n\
                  [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{PAUSE}\"\n\
                  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  \
-                 conf_dir = \"{d}/cni\"\n{handlers}",
+                 conf_dir = \"{d}/cni\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  \
+                 runtime_type = \"io.containerd.runc.v2\"\n{handlers}",
                 d = dir.display(),
                 s = socket.display(),
             ),

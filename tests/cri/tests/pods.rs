@@ -79,6 +79,20 @@ fn container_config(
         }),
         command: vec!["sh".into(), "-c".into(), script.into()],
         log_path: format!("{name}-{attempt}.log"),
+        // The kubelet's default: the pod's network, IPC and UTS namespaces, a pid
+        // namespace of the container's own.
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Pod as i32,
+                    pid: cri::NamespaceMode::Container as i32,
+                    ipc: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         mounts: mounts
             .iter()
             .map(|(host, inside)| cri::Mount {
@@ -286,12 +300,27 @@ fn a_pod_is_one_vm_whose_containers_share_localhost_a_volume_and_restart_inside_
         "a container of the pod booted a VM of its own: {:?}",
         processes(" sandbox --id ")
     );
-    exec_until(
-        &mut cri,
-        &client,
-        "wget -qO- http://127.0.0.1:8080/",
-        "pod-ok",
-    );
+    let diagnose = |cri: &mut Cri| {
+        let probe = "echo pid1: $(tr '\\0' ' ' < /proc/1/cmdline); ls -l /proc/self/ns/; \
+                     netstat -ltn 2>&1; ip -o addr 2>&1; hostname";
+        format!(
+            "server: {:?}\nclient: {:?}\nserver status {:?}\nserver log: {:?}\n{}",
+            exec(cri, &server, probe),
+            exec(cri, &client, probe),
+            container_state(cri, &server),
+            std::fs::read_to_string(logs.join("web/server-0.log")),
+            c.log_tail()
+        )
+    };
+    if exec(&mut cri, &client, "wget -qO- http://127.0.0.1:8080/").0 != "pod-ok" {
+        std::thread::sleep(Duration::from_secs(20));
+        if exec(&mut cri, &client, "wget -qO- http://127.0.0.1:8080/").0 != "pod-ok" {
+            panic!(
+                "the client does not reach the server on localhost:\n{}",
+                diagnose(&mut cri)
+            );
+        }
+    }
     // The emptyDir: each sees the other's file, and so does the host.
     exec_until(&mut cri, &client, "cat /shared/server", "from-server");
     exec_until(&mut cri, &server, "cat /shared/client", "from-client");

@@ -219,9 +219,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<()> {
     let a = args()?;
-    let handlers = husk_cri::deploy_handlers()?
-        + "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  \
-           runtime_type = \"io.containerd.runc.v2\"\n";
+    let handlers = husk_cri::deploy_handlers()?;
     let c = Containerd::start(
         Path::new("/run/husk-pod-bench"),
         &a.bin_dir,
