@@ -98,10 +98,23 @@ impl CgroupPlace {
     /// Moves process `pid` into the cgroup, made if need be, and sets the VM's limits.
     pub fn add(&self, pid: u32, id: &str, bundle: &Bundle) -> Result<()> {
         let manager = self.manager(id)?;
-        manager
-            .add_task(nix029_pid(pid))
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("joining cgroup {}", self.path))?;
+        // Sandboxes whose cgroups share a parent not made yet (a Kubernetes node's
+        // /k8s.io, when its pods start together) race to make it in libcgroups, which
+        // fails the loser with EEXIST for the parent: the parent is there then, so again.
+        let mut attempts = 0;
+        loop {
+            match manager.add_task(nix029_pid(pid)) {
+                Ok(()) => break,
+                Err(e) if attempts < 5 && e.to_string().contains("(os error 17)") => {
+                    attempts += 1;
+                    tracing::debug!("cgroup {}: {e}; trying again", self.path);
+                }
+                Err(e) => {
+                    return Err(anyhow!("{e}"))
+                        .with_context(|| format!("joining cgroup {}", self.path))
+                }
+            }
+        }
         let resources = vm_resources(bundle)?;
         manager
             .apply(&ControllerOpt {
@@ -300,6 +313,64 @@ mod tests {
                 assert!(!left.exists(), "{} left behind", left.display());
             }
         }
+    }
+
+    #[test]
+    fn sandboxes_joining_cgroups_under_one_new_parent_at_once_all_get_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+        let config = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+        });
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        let bundle = Bundle::load(dir.path()).unwrap();
+        const N: usize = 16;
+        let mut failed = Vec::new();
+        // Rounds, each under a parent of its own that none of the N has made yet, all
+        // let go at once.
+        for round in 0..5 {
+            let parent = format!("/husk-test-cgp-{}-{round}", std::process::id());
+            let barrier = std::sync::Barrier::new(N);
+            let results: Vec<(Result<()>, CgroupPlace)> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..N)
+                    .map(|i| {
+                        let (bundle, parent, barrier) = (&bundle, &parent, &barrier);
+                        s.spawn(move || {
+                            let place = CgroupPlace {
+                                path: format!("{parent}/c{i}"),
+                                systemd: false,
+                            };
+                            let mut child = std::process::Command::new("sleep")
+                                .arg("30")
+                                .spawn()
+                                .unwrap();
+                            barrier.wait();
+                            let added = place.add(child.id(), &format!("c{i}"), bundle);
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            (added, place)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for (i, (added, place)) in results.into_iter().enumerate() {
+                if let Err(e) = added {
+                    failed.push(format!("round {round}, c{i}: {e:#}"));
+                }
+                place.remove(&format!("c{i}")).unwrap();
+            }
+            for mount in [
+                "/sys/fs/cgroup",
+                "/sys/fs/cgroup/memory",
+                "/sys/fs/cgroup/pids",
+            ] {
+                let _ = std::fs::remove_dir(Path::new(mount).join(parent.trim_start_matches('/')));
+            }
+        }
+        assert!(failed.is_empty(), "{failed:#?}");
     }
 
     #[test]
