@@ -87,6 +87,12 @@ impl Containerd {
         let log = std::fs::File::create(dir.join("containerd.log"))?;
         let child = Command::new("containerd")
             .env("PATH", path)
+            // Passed on to the shims and husk: ten guests booting at once in the
+            // software-emulated test host take minutes, not husk's default 120 s.
+            .env(
+                "HUSK_BOOT_TIMEOUT",
+                std::env::var("HUSK_BOOT_TIMEOUT").unwrap_or_else(|_| "600".into()),
+            )
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())
