@@ -14,5 +14,5 @@ echo "== fuzz smoke (each target briefly; long runs: scripts/fuzz.sh --time N)"
 scripts/fuzz.sh --time 10 --sanitizer none
 echo "== VM tier"
 # Each suite has its own time limit in tests/vm-tier.sh, so a hung test fails the run
-# inside CI's 90 minutes (the tier takes 20-30 there).
+# inside CI's 90 minutes (the tier takes 30-40 there).
 tests/vm-tier.sh

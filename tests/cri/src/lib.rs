@@ -6,6 +6,7 @@
 use std::path::Path;
 
 mod containerd;
+pub mod kubelet;
 pub use containerd::{deploy_handlers, Containerd, IMAGE, NS, PAUSE};
 
 use anyhow::{Context, Result};

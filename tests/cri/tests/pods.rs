@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use husk_cri::{cri, Containerd, Cri, IMAGE, NS};
+use husk_cri::{cri, kubelet, Containerd, Cri, NS};
 use husk_tests::{output, show};
 
 /// containerd with the CRI plugin and deploy/'s `husk` handler, in a directory of its own
@@ -32,36 +32,11 @@ fn containerd(name: &str) -> Containerd {
     .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-fn pod_config(name: &str, logs: &Path, annotations: &[(&str, &str)]) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.join(name).display().to_string(),
-        annotations: annotations
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: cri::NamespaceMode::Pod as i32,
-                    pid: cri::NamespaceMode::Container as i32,
-                    ipc: cri::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+fn pod_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
+    kubelet::pod_config(name, "default", logs)
 }
 
+/// A busybox container running `sh -c script`, with `mounts` (host path, path inside).
 fn container_config(
     name: &str,
     attempt: u32,
@@ -69,30 +44,6 @@ fn container_config(
     mounts: &[(&Path, &str)],
 ) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt,
-        }),
-        image: Some(cri::ImageSpec {
-            image: IMAGE.into(),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        log_path: format!("{name}-{attempt}.log"),
-        // The kubelet's default: the pod's network, IPC and UTS namespaces, a pid
-        // namespace of the container's own.
-        linux: Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: cri::NamespaceMode::Pod as i32,
-                    pid: cri::NamespaceMode::Container as i32,
-                    ipc: cri::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
         mounts: mounts
             .iter()
             .map(|(host, inside)| cri::Mount {
@@ -101,7 +52,7 @@ fn container_config(
                 ..Default::default()
             })
             .collect(),
-        ..Default::default()
+        ..kubelet::container_config(name, attempt, &["sh", "-c", script])
     }
 }
 
@@ -264,7 +215,7 @@ fn a_pod_is_one_vm_whose_containers_share_localhost_a_volume_and_restart_inside_
     let logs = c.dir.join("logs");
     let shared = c.dir.join("emptydir");
     std::fs::create_dir_all(&shared).unwrap();
-    let pod = run_pod(&mut cri, pod_config("web", &logs, &[]));
+    let pod = run_pod(&mut cri, pod_config("web", &logs));
     let sandboxes = processes(" sandbox --id ").len();
     assert_eq!(
         sandboxes,
@@ -426,7 +377,7 @@ fn a_pod_is_one_vm_whose_containers_share_localhost_a_volume_and_restart_inside_
 fn a_killed_shim_is_cleaned_up_and_leaves_no_vm() {
     let c = containerd("kill");
     let mut cri = c.cri().unwrap();
-    let pod = run_pod(&mut cri, pod_config("victim", &c.dir.join("logs"), &[]));
+    let pod = run_pod(&mut cri, pod_config("victim", &c.dir.join("logs")));
     let id = start_container(
         &c,
         &mut cri,
@@ -473,7 +424,7 @@ fn ten_pods_start_in_parallel() {
             let (socket, logs) = (socket.clone(), logs.clone());
             std::thread::spawn(move || {
                 let mut cri = Cri::connect(&socket).unwrap();
-                let pod = run_pod(&mut cri, pod_config(&format!("p{i}"), &logs, &[]));
+                let pod = run_pod(&mut cri, pod_config(&format!("p{i}"), &logs));
                 let id = cri
                     .create_container(cri::CreateContainerRequest {
                         pod_sandbox_id: pod.id.clone(),

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use husk_cri::{cri, Containerd, Cri, IMAGE};
+use husk_cri::{cri, kubelet, Containerd, Cri};
 
 /// Kata Containers' published memory overhead of one pod, MiB.
 const KATA_POD_MIB: f64 = 125.0;
@@ -61,20 +61,6 @@ struct Sample {
     ready_ms: f64,
     pss_kib: u64,
     processes: usize,
-}
-
-fn pod_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.join(name).display().to_string(),
-        ..Default::default()
-    }
 }
 
 /// The pid of the shim serving pod `id` (its command line names the id).
@@ -143,7 +129,7 @@ fn pss_kib(pids: &[i32]) -> u64 {
 }
 
 fn one_pod(cri: &mut Cri, handler: &str, name: &str, logs: &Path, idle: u64) -> Result<Sample> {
-    let config = pod_config(name, logs);
+    let config = kubelet::pod_config(name, "bench", logs);
     let started = Instant::now();
     let pod = cri
         .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -155,19 +141,7 @@ fn one_pod(cri: &mut Cri, handler: &str, name: &str, logs: &Path, idle: u64) -> 
         let id = cri
             .create_container(cri::CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
-                config: Some(cri::ContainerConfig {
-                    metadata: Some(cri::ContainerMetadata {
-                        name: "app".into(),
-                        attempt: 0,
-                    }),
-                    image: Some(cri::ImageSpec {
-                        image: IMAGE.into(),
-                        ..Default::default()
-                    }),
-                    command: vec!["sleep".into(), "100000".into()],
-                    log_path: "app.log".into(),
-                    ..Default::default()
-                }),
+                config: Some(kubelet::container_config("app", 0, &["sleep", "100000"])),
                 sandbox_config: Some(config.clone()),
             })?
             .container_id;
