@@ -415,11 +415,18 @@ fn a_killed_shim_is_cleaned_up_and_leaves_no_vm() {
 
 #[test]
 #[ignore = "VM tier, pods: run tests/vm-tier.sh --pods"]
-fn ten_pods_start_in_parallel() {
-    let c = containerd("ten");
+fn pods_start_in_parallel() {
+    // Ten, as a node starts them; tests/vm-tier.sh asks for fewer in the software-emulated
+    // test host, whose own kernel does not survive ten nested guests at once, and says so.
+    let n: usize = std::env::var("HUSK_PARALLEL_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    eprintln!("starting {n} pods in parallel");
+    let c = containerd("parallel");
     let logs = c.dir.join("logs");
     let socket = c.socket.clone();
-    let threads: Vec<_> = (0..10)
+    let threads: Vec<_> = (0..n)
         .map(|i| {
             let (socket, logs) = (socket.clone(), logs.clone());
             std::thread::spawn(move || {
@@ -449,7 +456,7 @@ fn ten_pods_start_in_parallel() {
                 .unwrap_or_else(|_| panic!("a pod failed:\n{}", c.log_tail()))
         })
         .collect();
-    assert_eq!(processes(" sandbox --id ").len(), 10, "one VM per pod");
+    assert_eq!(processes(" sandbox --id ").len(), n, "one VM per pod");
     let mut cri = c.cri().unwrap();
     for pod in &pods {
         stop_and_remove_pod(&mut cri, pod);
