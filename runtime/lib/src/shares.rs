@@ -26,7 +26,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -188,8 +188,7 @@ fn clone_detached(source: &Source, readonly: bool, recursive: bool) -> Result<Ow
     Ok(tree)
 }
 
-/// Attaches the detached `tree` at `target` (`move_mount`). Only system calls, no
-/// allocation: it also runs in a forked child (see [`RunningLayout`]).
+/// Attaches the detached `tree` at `target` (`move_mount`).
 fn attach_tree(tree: &OwnedFd, target: &CString) -> std::io::Result<()> {
     let empty = c"";
     // SAFETY: move_mount takes the detached tree, an empty path, and the target path,
@@ -217,7 +216,7 @@ fn attach_tree(tree: &OwnedFd, target: &CString) -> std::io::Result<()> {
 /// namespace's root: the mounts exist nowhere else. The directories are the jail's on the
 /// host too, so a share's mount point is made and removed from here; the mount itself is
 /// cloned here (from the host's view of the source) and attached, or detached, by a
-/// forked child that has entered the sandbox's mount namespace. Attached to `mounts/`, a
+/// thread that has entered the sandbox's mount namespace. Attached to `mounts/`, a
 /// share appears in `shared/` at once (a slave of `mounts/`), where the VM's virtio-fs
 /// device serves it.
 pub struct RunningLayout {
@@ -296,44 +295,22 @@ impl RunningLayout {
         remove_mount_point(&target)
     }
 
-    /// Runs `op` in a child forked into the sandbox's mount namespace. `op` runs after a
-    /// fork of a possibly multi-threaded process: it may only make system calls (no
-    /// allocation, no locks); what it needs is prepared beforehand.
-    fn in_namespace(&self, op: impl Fn() -> std::io::Result<()>) -> std::io::Result<()> {
-        let ns = self.ns.as_raw_fd();
-        // SAFETY: the child only calls setns, `op` (system calls only, see above) and
-        // _exit; the parent waits for it.
-        match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
-            nix::unistd::ForkResult::Child => {
-                // SAFETY: setns on a namespace descriptor we own; _exit never returns.
-                unsafe {
-                    let code = if libc::setns(ns, libc::CLONE_NEWNS) != 0 {
-                        std::io::Error::last_os_error().raw_os_error().unwrap_or(1)
-                    } else {
-                        match op() {
-                            Ok(()) => 0,
-                            Err(e) => e.raw_os_error().unwrap_or(1),
-                        }
-                    };
-                    libc::_exit(code.clamp(0, 255))
-                }
-            }
-            nix::unistd::ForkResult::Parent { child } => loop {
-                match nix::sys::wait::waitpid(child, None) {
-                    Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => return Ok(()),
-                    Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => {
-                        return Err(std::io::Error::from_raw_os_error(code))
-                    }
-                    Ok(other) => {
-                        return Err(std::io::Error::other(format!(
-                            "the helper in the sandbox's mount namespace ended: {other:?}"
-                        )))
-                    }
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            },
-        }
+    /// Runs `op` in the sandbox's mount namespace, on a thread of its own: the thread
+    /// leaves the process's shared file-system context (`unshare(CLONE_FS)`, which
+    /// `setns` into a mount namespace requires), enters the namespace, runs `op` and ends,
+    /// taking the namespace switch with it. No child process: a shim reaps every child it
+    /// has, and a helper's exit status would be lost to it.
+    fn in_namespace(&self, op: impl FnOnce() -> std::io::Result<()> + Send) -> std::io::Result<()> {
+        let ns = self.ns.as_fd();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS)?;
+                op()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the mount thread panicked")))
+        })
     }
 }
 
