@@ -298,10 +298,30 @@ fn step(cfg: &SoakConfig, args: &[&str]) -> Result<i32, String> {
     wait_limit(&mut child, Duration::from_secs(300)).map_err(|e| format!("{args:?}: {e}"))
 }
 
+/// Runs a step that must succeed; a failure names the step and carries its error line.
 fn must(cfg: &SoakConfig, args: &[&str]) -> Result<(), String> {
-    match step(cfg, args)? {
+    let mut child = husk(cfg)
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    // husk's error is one line: read it to the end while the step runs (a full pipe
+    // would stall it).
+    let mut stderr = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let code =
+        wait_limit(&mut child, Duration::from_secs(300)).map_err(|e| format!("{args:?}: {e}"))?;
+    let text = reader.join().unwrap_or_default();
+    match code {
         0 => Ok(()),
-        code => Err(format!("{args:?} exited {code}")),
+        code => Err(format!(
+            "{args:?} exited {code}: {}",
+            text.lines().last().unwrap_or("(no error output)")
+        )),
     }
 }
 
