@@ -239,8 +239,10 @@ pub fn run(cfg: &SoakConfig) -> SoakReport {
     let started = Instant::now();
     let mut rng = Rng(cfg.seed | 1);
     let mut report = SoakReport::default();
+    let mut faults = Vec::with_capacity(cfg.cycles);
     for cycle in 0..cfg.cycles {
         let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
+        faults.push(fault);
         report.per_fault[FAULTS.iter().position(|f| *f == fault).unwrap()] += 1;
         let id = format!("{}-{cycle}", cfg.id_prefix);
         if let Err(e) = one_cycle(cfg, &id, fault, &mut rng) {
@@ -261,6 +263,19 @@ pub fn run(cfg: &SoakConfig) -> SoakReport {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+    // Which cycles the leftovers are of, and what was done to them.
+    let listed = format!("{:?}", report.left);
+    for (cycle, fault) in faults.iter().enumerate() {
+        let id = format!("{}-{cycle}", cfg.id_prefix);
+        let mentioned = listed
+            .match_indices(&id)
+            .any(|(i, _)| !listed[i + id.len()..].starts_with(|c: char| c.is_ascii_digit()));
+        if mentioned {
+            report
+                .failures
+                .push(format!("cycle {cycle} ({fault:?}) left something behind"));
+        }
     }
     report.elapsed = started.elapsed();
     report
@@ -370,8 +385,7 @@ fn one_cycle(cfg: &SoakConfig, id: &str, fault: Fault, rng: &mut Rng) -> Result<
         kill9(create.id() as i32);
         let _ = create.wait();
         // Whatever create got to, delete --force must clear it (or find nothing).
-        let _ = step(cfg, &["delete", "--force", id])?;
-        return Ok(());
+        return must(cfg, &["delete", "--force", id]);
     }
     let code = wait_limit(&mut create, Duration::from_secs(300))?;
     if code != 0 {
