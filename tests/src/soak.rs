@@ -239,8 +239,10 @@ pub fn run(cfg: &SoakConfig) -> SoakReport {
     let started = Instant::now();
     let mut rng = Rng(cfg.seed | 1);
     let mut report = SoakReport::default();
+    let mut faults = Vec::with_capacity(cfg.cycles);
     for cycle in 0..cfg.cycles {
         let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
+        faults.push(fault);
         report.per_fault[FAULTS.iter().position(|f| *f == fault).unwrap()] += 1;
         let id = format!("{}-{cycle}", cfg.id_prefix);
         if let Err(e) = one_cycle(cfg, &id, fault, &mut rng) {
@@ -261,6 +263,19 @@ pub fn run(cfg: &SoakConfig) -> SoakReport {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+    // Which cycles the leftovers are of, and what was done to them.
+    let listed = format!("{:?}", report.left);
+    for (cycle, fault) in faults.iter().enumerate() {
+        let id = format!("{}-{cycle}", cfg.id_prefix);
+        let mentioned = listed
+            .match_indices(&id)
+            .any(|(i, _)| !listed[i + id.len()..].starts_with(|c: char| c.is_ascii_digit()));
+        if mentioned {
+            report
+                .failures
+                .push(format!("cycle {cycle} ({fault:?}) left something behind"));
+        }
     }
     report.elapsed = started.elapsed();
     report
@@ -298,10 +313,30 @@ fn step(cfg: &SoakConfig, args: &[&str]) -> Result<i32, String> {
     wait_limit(&mut child, Duration::from_secs(300)).map_err(|e| format!("{args:?}: {e}"))
 }
 
+/// Runs a step that must succeed; a failure names the step and carries its error line.
 fn must(cfg: &SoakConfig, args: &[&str]) -> Result<(), String> {
-    match step(cfg, args)? {
+    let mut child = husk(cfg)
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    // husk's error is one line: read it to the end while the step runs (a full pipe
+    // would stall it).
+    let mut stderr = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let code =
+        wait_limit(&mut child, Duration::from_secs(300)).map_err(|e| format!("{args:?}: {e}"))?;
+    let text = reader.join().unwrap_or_default();
+    match code {
         0 => Ok(()),
-        code => Err(format!("{args:?} exited {code}")),
+        code => Err(format!(
+            "{args:?} exited {code}: {}",
+            text.lines().last().unwrap_or("(no error output)")
+        )),
     }
 }
 
@@ -350,8 +385,7 @@ fn one_cycle(cfg: &SoakConfig, id: &str, fault: Fault, rng: &mut Rng) -> Result<
         kill9(create.id() as i32);
         let _ = create.wait();
         // Whatever create got to, delete --force must clear it (or find nothing).
-        let _ = step(cfg, &["delete", "--force", id])?;
-        return Ok(());
+        return must(cfg, &["delete", "--force", id]);
     }
     let code = wait_limit(&mut create, Duration::from_secs(300))?;
     if code != 0 {

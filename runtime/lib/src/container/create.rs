@@ -8,7 +8,7 @@
 //! behind: no process, state directory, image or socket.
 
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -114,7 +114,14 @@ pub fn create(g: &Globals, opts: &CreateOptions<'_>) -> Result<Created> {
         root: root.clone(),
         ..g.clone()
     };
-    let mut sandbox = spawn_sandbox(&globals, opts, &bundle, terminal, join.as_ref())?;
+    let mut sandbox = spawn_sandbox(
+        &globals,
+        opts,
+        &bundle,
+        terminal,
+        join.as_ref(),
+        lock.as_raw_fd(),
+    )?;
     drop(join);
     let pid = sandbox.child.id() as i32;
     rec.oci.set_pid(Some(pid));
@@ -253,6 +260,7 @@ fn spawn_sandbox(
     bundle: &Bundle,
     terminal: bool,
     join: Option<&OwnedFd>,
+    lock_fd: RawFd,
 ) -> Result<SpawnedSandbox> {
     let (ours, theirs) = UnixStream::pair().context("creating the sandbox's channel")?;
     let write_fd = theirs.as_raw_fd();
@@ -265,7 +273,9 @@ fn spawn_sandbox(
         .arg("--bundle")
         .arg(&bundle.dir)
         .arg("--ready-fd")
-        .arg(write_fd.to_string());
+        .arg(write_fd.to_string())
+        .arg("--lock-fd")
+        .arg(lock_fd.to_string());
     if let Some([stdin, stdout, stderr]) = &opts.stdio {
         cmd.stdin(stdin.try_clone()?)
             .stdout(stdout.try_clone()?)
@@ -281,8 +291,10 @@ fn spawn_sandbox(
     // the sandbox in the container's network namespace (joined, or a new one).
     unsafe {
         cmd.pre_exec(move || {
-            let fd = std::os::fd::BorrowedFd::borrow_raw(write_fd);
-            fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+            for fd in [write_fd, lock_fd] {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+            }
             network::enter_in_child(join_fd)
         });
     }

@@ -69,6 +69,11 @@ pub struct SandboxArgs {
     /// The descriptor to report readiness on.
     #[arg(long)]
     pub ready_fd: i32,
+    /// The container's lock, held by `create`: the sandbox keeps it held until it has
+    /// reported, so that a `delete` after `create` was killed waits for the sandbox to
+    /// finish or give up instead of racing it for the state directory.
+    #[arg(long)]
+    pub lock_fd: Option<i32>,
     /// Send a pty master here; relay its slave to the container's terminal.
     #[arg(long)]
     pub console_socket: Option<PathBuf>,
@@ -109,6 +114,15 @@ enum Ended {
 pub fn main(globals: &Globals, args: SandboxArgs) -> i32 {
     // SAFETY: `create` passed this socket for this process alone.
     let mut ready = unsafe { UnixStream::from_raw_fd(args.ready_fd) };
+    // SAFETY: as above, `create` passed its lock's descriptor for this process alone.
+    let lock = args.lock_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    if let Some(fd) = &lock {
+        // Not for anything the sandbox starts: they would keep the container locked.
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
     let signals = crate::signal::block_forwarded();
     // Hold no directory of the caller's busy.
     let _ = std::env::set_current_dir("/");
@@ -122,6 +136,7 @@ pub fn main(globals: &Globals, args: SandboxArgs) -> i32 {
             // `create` reports it (on stderr and in the log); once is enough.
             tracing::debug!("create failed: {message}");
             let _ = write_readiness(&mut ready, &Readiness::Failed { message });
+            drop(lock);
             return 1;
         }
     };
@@ -133,9 +148,13 @@ pub fn main(globals: &Globals, args: SandboxArgs) -> i32 {
         // `create` is gone: nobody would ever start, kill or reap this container.
         tracing::error!("create went away before the container was ready: {e}");
         sandbox.shared.backend.teardown();
+        drop(lock);
         return 1;
     }
     drop(ready);
+    // Closed, not unlocked: `create` still holds the lock (the same open file) until it
+    // has recorded the container.
+    drop(lock);
     sandbox.run(signals)
 }
 

@@ -29,4 +29,10 @@ impl ContainerLock {
             .with_context(|| format!("locking {}", path.display()))?;
         Ok(Self { _lock: lock })
     }
+
+    /// The locked descriptor. A child that inherits it keeps the lock held after this
+    /// process dies (the lock is the open file's), until the child closes it.
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&*self._lock)
+    }
 }
