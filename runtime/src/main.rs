@@ -80,7 +80,9 @@ fn main() {
     // Long-lived helpers must not keep open whatever descriptors their caller happened
     // to leave inheritable (as runc's init closes them): only stdio and their pipes.
     match &cli.command {
-        Command::Sandbox(a) => procfs::close_inherited_fds(&[a.ready_fd]),
+        Command::Sandbox(a) => {
+            procfs::close_inherited_fds(&[a.ready_fd, a.lock_fd.unwrap_or(a.ready_fd)])
+        }
         Command::ExecChild(a) => procfs::close_inherited_fds(&[a.plan_fd, a.ready_fd]),
         _ => {}
     }

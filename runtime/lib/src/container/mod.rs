@@ -35,8 +35,21 @@ pub fn status(dir: &ContainerDir, rec: &ContainerRecord) -> Status {
     }
     match request(dir, ControlRequest::State, Duration::from_secs(10)) {
         Ok(ControlResponse::State { status }) => status,
-        // The sandbox is still there but no longer answers: it is on its way out.
-        _ => recorded,
+        // The sandbox is still there but no longer answers: it is on its way out (its
+        // container has exited, and `state` may already have said so: the VM is powering
+        // off). Give it a moment to go rather than report the recorded status again.
+        _ => match rec.sandbox_pid() {
+            Some(pid)
+                if crate::procfs::wait_gone(
+                    pid,
+                    rec.husk.sandbox_start_time,
+                    Duration::from_secs(5),
+                ) =>
+            {
+                Status::Stopped
+            }
+            _ => recorded,
+        },
     }
 }
 
