@@ -304,8 +304,8 @@ qesc() { printf '%s' "${1//,/,,}"; }   # QEMU option values: ',' is written ',,'
 # No AppArmor: dockerd would try to load its profile (and needs apparmor_parser for it),
 # and neither husk's guests nor the tests use it.
 # Transparent huge pages stay on: with them off, guests in the test host triple-faulted
-# or stalled at boot in two of four suite runs (not seen with them on); the one
-# khugepaged hang seen is caught by the hung-task watch below.
+# at boot (twice in a night, never seen before with them on) and one stalled; the one
+# khugepaged hang seen with them on is caught by the hung-task watch below.
 append="console=ttyS0 panic=-1 apparmor=0"
 if [ "$DEBUG" = 1 ]; then append+=" husk.debug"; else append+=" quiet"; fi
 append+=${HUSK_TESTHOST_APPEND:+ $HUSK_TESTHOST_APPEND}
