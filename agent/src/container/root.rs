@@ -110,14 +110,19 @@ fn bind_shared(path: &Path, rootfs: &Path, readonly: bool) -> anyhow::Result<()>
         );
     }
     std::fs::create_dir_all(rootfs).with_context(|| format!("create {}", rootfs.display()))?;
+    bind_root(path, rootfs, readonly)
+}
+
+/// Bind-mounts `source` at `rootfs`, read-only if asked.
+fn bind_root(source: &Path, rootfs: &Path, readonly: bool) -> anyhow::Result<()> {
     mount::mount(
-        Some(path),
+        Some(source),
         rootfs,
         None::<&str>,
         MsFlags::MS_BIND,
         None::<&str>,
     )
-    .with_context(|| format!("bind {} at {}", path.display(), rootfs.display()))?;
+    .with_context(|| format!("bind {} at {}", source.display(), rootfs.display()))?;
     if readonly {
         mount::mount(
             None::<&str>,
@@ -173,24 +178,7 @@ fn mount_layers(
     std::fs::create_dir_all(rootfs).with_context(|| format!("create {}", rootfs.display()))?;
     if scratch.is_none() && lowerdirs.len() == 1 {
         // overlayfs wants two layers without an upper one; one layer is a bind.
-        let only = dir.join(&lowerdirs[0]);
-        mount::mount(
-            Some(&only),
-            rootfs,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .with_context(|| format!("bind {} at {}", only.display(), rootfs.display()))?;
-        mount::mount(
-            None::<&str>,
-            rootfs,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-        .context("make the root read-only")?;
-        return Ok(());
+        return bind_root(&dir.join(&lowerdirs[0]), rootfs, true);
     }
     let mut data = format!("lowerdir={},{OVERLAY_FIXED}", lowerdirs.join(":"));
     if scratch.is_some() {

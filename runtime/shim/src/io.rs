@@ -139,17 +139,7 @@ impl ProcessStdio {
             }
         }
         if let (Some(stream), false) = (input, paths.stdin.is_empty()) {
-            let fifo = open_stdin_fifo(&paths.stdin)?;
-            let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-            let dst = File::from(OwnedFd::from(stream));
-            *this
-                .stdin_feed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(spawn_copy(fifo, dst, stop_read));
-            *this
-                .stdin_stop
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(stop_write);
+            this.feed_stdin(&paths.stdin, File::from(OwnedFd::from(stream)))?;
         }
         Ok(this)
     }
@@ -173,19 +163,25 @@ impl ProcessStdio {
                 .push(std::thread::spawn(move || copy_until_error(src, out)));
         }
         if !paths.stdin.is_empty() {
-            let fifo = open_stdin_fifo(&paths.stdin)?;
-            let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
             let dst = master.try_clone().context("duplicating the pty master")?;
-            *self
-                .stdin_feed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(spawn_copy(fifo, dst, stop_read));
-            *self
-                .stdin_stop
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(stop_write);
+            self.feed_stdin(&paths.stdin, dst)?;
         }
         self.master = Some(master);
+        Ok(())
+    }
+
+    /// Starts copying the stdin fifo at `path` into `dst`, until `CloseIO` stops it.
+    fn feed_stdin(&self, path: &str, dst: File) -> Result<()> {
+        let fifo = open_stdin_fifo(path)?;
+        let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        *self
+            .stdin_feed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(spawn_copy(fifo, dst, stop_read));
+        *self
+            .stdin_stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(stop_write);
         Ok(())
     }
 
