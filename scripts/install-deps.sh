@@ -7,8 +7,6 @@ if ! command -v cargo >/dev/null; then
     echo "install-deps: cargo is missing: install a Rust toolchain (rustup) first" >&2
     exit 1
 fi
-# cargo-fuzz (crates.io) runs the fuzz targets in fuzz/ (scripts/fuzz.sh).
-command -v cargo-fuzz >/dev/null || cargo install --locked -q cargo-fuzz
 
 packages=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio
           busybox-static e2fsprogs erofs-utils kmod zstd xz-utils python3 debootstrap
