@@ -1,12 +1,14 @@
 //! A blocking CRI v1 client over containerd's socket, for the VM tier's pod tests and the
 //! pod benchmark: it plays the kubelet's part (crictl is not packaged for Debian 12).
 //! Requests are the `k8s-cri` crate's types; each call runs on a small runtime of its own.
+//! [`stream`] opens what `Exec` and `Attach` return.
 //! [`Containerd`] starts the containerd it talks to.
 
 use std::path::Path;
 
 mod containerd;
 pub mod kubelet;
+pub mod stream;
 pub use containerd::{deploy_handlers, Containerd, IMAGE, NS, PAUSE};
 
 use anyhow::{Context, Result};
@@ -70,6 +72,10 @@ calls! {
     container_status(ContainerStatusRequest) -> ContainerStatusResponse via runtime;
     /// `ExecSync`.
     exec_sync(ExecSyncRequest) -> ExecSyncResponse via runtime;
+    /// `Exec`: a URL to open with [`stream::Stream`].
+    exec(ExecRequest) -> ExecResponse via runtime;
+    /// `Attach`: a URL to open with [`stream::Stream`].
+    attach(AttachRequest) -> AttachResponse via runtime;
     /// `ContainerStats`.
     container_stats(ContainerStatsRequest) -> ContainerStatsResponse via runtime;
     /// `PodSandboxStats`.

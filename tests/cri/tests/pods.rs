@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use husk_cri::stream::Stream;
 use husk_cri::{cri, kubelet, Containerd, Cri, NS};
 use husk_tests::{output, show};
 
@@ -109,6 +110,43 @@ fn exec(cri: &mut Cri, id: &str, script: &str) -> (String, String, i32) {
         String::from_utf8_lossy(&r.stderr).trim().to_owned(),
         r.exit_code,
     )
+}
+
+/// How long a streaming call may take in the software-emulated test host.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A streaming Exec of `sh -c script` in `id`, opened; stdin open, and a terminal if `tty`
+/// (stdout and stderr are one stream then, as the kubelet asks).
+fn open_exec(cri: &mut Cri, id: &str, script: &str, tty: bool) -> Stream {
+    let url = cri
+        .exec(cri::ExecRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            tty,
+            stdin: true,
+            stdout: true,
+            stderr: !tty,
+        })
+        .unwrap_or_else(|e| panic!("Exec {script:?} in {id}: {e:#}"))
+        .url;
+    Stream::open(&url).unwrap_or_else(|e| panic!("Exec {script:?}: {e:#}"))
+}
+
+/// Waits for a line ending in `tail` in the CRI log at `path`.
+fn wait_for_log(path: &Path, tail: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().any(|l| l.ends_with(tail)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {tail:?} in {}: {text:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Runs `script` in `id` until it prints `want` (a server in another container may still
@@ -290,21 +328,79 @@ fn a_pod_is_one_vm_whose_containers_share_localhost_a_volume_and_restart_inside_
     let (out, err, code) = exec(&mut cri, &client, "echo out; echo err >&2; exit 7");
     assert_eq!((out.as_str(), err.as_str(), code), ("out", "err", 7));
 
+    // Streaming Exec (kubectl exec): stdout, stderr and the exit status; stdin; a terminal
+    // and its resize.
+    let mut s = open_exec(&mut cri, &client, "echo out; echo err >&2; exit 5", false);
+    let got = s.read_to_end(STREAM_TIMEOUT).unwrap();
+    assert_eq!(
+        (
+            got.stdout().as_str(),
+            got.stderr().as_str(),
+            got.exit_code()
+        ),
+        ("out\n", "err\n", Some(5)),
+        "{got:?}"
+    );
+    let mut s = open_exec(&mut cri, &client, "read l; echo got-$l", false);
+    s.stdin(b"hi\n").unwrap();
+    let got = s.read_to_end(STREAM_TIMEOUT).unwrap();
+    assert_eq!(
+        (got.stdout().as_str(), got.exit_code()),
+        ("got-hi\n", Some(0))
+    );
+    let mut s = open_exec(
+        &mut cri,
+        &client,
+        "test -t 0 && echo is-a-tty; read l; stty size",
+        true,
+    );
+    s.read_until(STREAM_TIMEOUT, |g| g.stdout.ends_with(b"is-a-tty\r\n"))
+        .unwrap();
+    s.resize(101, 41).unwrap();
+    // The resize and stdin take different ways into the guest: let the resize land first.
+    std::thread::sleep(Duration::from_secs(2));
+    s.stdin(b"x\n").unwrap();
+    let got = s.read_to_end(STREAM_TIMEOUT).unwrap();
+    assert!(
+        got.stdout().contains("41 101") && got.exit_code() == Some(0),
+        "a terminal of 101x41: {got:?}"
+    );
+
+    // Attach (kubectl attach) to a container reading its stdin: a line in, its answer out,
+    // in the CRI log too, and the container lives on after the client detaches.
+    let echo = start_container(
+        &c,
+        &mut cri,
+        &pod,
+        cri::ContainerConfig {
+            stdin: true,
+            ..container_config("echo", 0, "while read l; do echo echo-$l; done", &[])
+        },
+    );
+    let url = cri
+        .attach(cri::AttachRequest {
+            container_id: echo.clone(),
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        })
+        .unwrap_or_else(|e| panic!("Attach: {e:#}"))
+        .url;
+    let mut s = Stream::open(&url).unwrap_or_else(|e| panic!("{e:#}"));
+    s.stdin(b"one\n").unwrap();
+    s.read_until(STREAM_TIMEOUT, |g| g.stdout.ends_with(b"echo-one\n"))
+        .unwrap_or_else(|e| panic!("attached: {e:#}\n{}", c.log_tail()));
+    s.close();
+    wait_for_log(&logs.join("web/echo-0.log"), " stdout F echo-one");
+    assert_eq!(
+        container_state(&mut cri, &echo).0,
+        cri::ContainerState::ContainerRunning as i32,
+        "the attached container ended when the client detached"
+    );
+
     // The CRI container log, in the CRI's format.
-    let log = logs.join("web").join("server-0.log");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.lines().any(|l| l.ends_with(" stdout F server up")) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no 'server up' in {}: {text:?}",
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_for_log(&logs.join("web/server-0.log"), " stdout F server up");
 
     // Stats of a container of the pod.
     let stats = cri
