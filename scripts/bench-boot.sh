@@ -6,11 +6,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
-bash scripts/install-deps.sh >&2
 . scripts/common.sh
-husk_build
-out=$repo/target/husk-bench
-mkdir -p "$out"
+husk_bench_prepare
 image=$(husk_busybox_image "$out")
 bench=(python3 tests/bench/boot.py --husk "$repo/target/release/husk" --kernel "$HUSK_KERNEL"
        --initrd "$HUSK_INITRD" --disk "$image" --out "$out/boot.json" "$@")

@@ -7,11 +7,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
-bash scripts/install-deps.sh >&2
 . scripts/common.sh
-husk_build
-out=$repo/target/husk-bench
-mkdir -p "$out"
+husk_bench_prepare
 rm -rf "$out/work"
 husk_busybox_image "$out" >/dev/null
 images=$(tests/clients/build-image.sh "$out/images")

@@ -8,11 +8,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
-bash scripts/install-deps.sh >&2
 . scripts/common.sh
-husk_build
-out=$repo/target/husk-bench
-mkdir -p "$out"
+husk_bench_prepare
 # A rootfs with busybox and iperf3 (with the libraries it links), for all three.
 rootfs=$out/net-rootfs
 rm -rf "$rootfs"

@@ -9,11 +9,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
-bash scripts/install-deps.sh >&2
 . scripts/common.sh
-husk_build
-out=$repo/target/husk-bench
-mkdir -p "$out"
+husk_bench_prepare
 images=$(tests/clients/build-image.sh "$out/images")
 cargo build --release -q -p husk-cri --bin husk-pod-bench
 bench=(target/release/husk-pod-bench --bin-dir "$repo/target/release" --images "$images"

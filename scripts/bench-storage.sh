@@ -11,11 +11,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
-bash scripts/install-deps.sh >&2
 . scripts/common.sh
-husk_build
-out=$repo/target/husk-bench
-mkdir -p "$out"
+husk_bench_prepare
 husk_busybox_image "$out" >/dev/null
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q -p husk-tests \
     --bin husk-io-bench --target x86_64-unknown-linux-gnu

@@ -1,4 +1,4 @@
-# Shared by scripts/demo.sh, scripts/bench-boot.sh and tests/vm-tier.sh. Source it from the
+# Shared by scripts/demo.sh, the scripts/bench-*.sh benchmarks and tests/vm-tier.sh. Source it from the
 # repository root; it defines functions only.
 
 # Whether this machine's /dev/kvm can boot a Linux guest (hardware vmx/svm with kvm_intel or
@@ -8,6 +8,15 @@ husk_kvm_boots_linux() {
     [ -d /sys/module/kvm_pvm ] && return 1
     grep -qwE 'vmx|svm' /proc/cpuinfo || return 1
     [ -d /sys/module/kvm_intel ] || [ -d /sys/module/kvm_amd ]
+}
+
+# The start of every benchmark: dependencies installed, the guest kernel, agent and husk
+# built (husk_build), and `out` set to target/husk-bench, made.
+husk_bench_prepare() {
+    bash scripts/install-deps.sh >&2
+    husk_build
+    out=$PWD/target/husk-bench
+    mkdir -p "$out"
 }
 
 # Builds the guest kernel (cached), the static agent and initramfs, and release husk and
