@@ -54,10 +54,11 @@ pub type ChildStdio = [OwnedFd; 3];
 
 impl StdioPaths {
     /// Opens the fifos and returns the child's three descriptors. With a terminal they
-    /// are /dev/null, and the child sends its pty master to [`ProcessStdio::console_socket`].
-    pub fn open(&self, runtime_dir: &Path) -> Result<(ProcessStdio, ChildStdio)> {
+    /// are /dev/null, and the child sends its pty master to [`ProcessStdio::console_socket`],
+    /// made in `state_root` (husk's `--root`).
+    pub fn open(&self, state_root: &Path) -> Result<(ProcessStdio, ChildStdio)> {
         if self.terminal {
-            let console = ConsoleSocket::new(runtime_dir)?;
+            let console = ConsoleSocket::new(state_root)?;
             return Ok((
                 ProcessStdio {
                     stdin_feed: Arc::default(),
@@ -249,12 +250,14 @@ struct ConsoleSocket {
 }
 
 impl ConsoleSocket {
-    fn new(runtime_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(runtime_dir)
-            .with_context(|| format!("creating {}", runtime_dir.display()))?;
+    /// A socket in a directory of its own, removed with it, right in `state_root`: no
+    /// shared parent is left behind (`husk list` passes over what is not a container).
+    fn new(state_root: &Path) -> Result<Self> {
+        std::fs::create_dir_all(state_root)
+            .with_context(|| format!("creating {}", state_root.display()))?;
         let dir = tempfile::Builder::new()
-            .prefix("pty")
-            .tempdir_in(runtime_dir)
+            .prefix(".pty")
+            .tempdir_in(state_root)
             .context("creating the console socket's directory")?;
         let path = dir.path().join("c.sock");
         let listener = UnixListener::bind(&path)
@@ -390,5 +393,22 @@ fn copy_until_error(mut src: File, mut dst: File) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_console_socket_leaves_nothing_in_the_state_root() {
+        let root = tempfile::tempdir().unwrap();
+        let state_root = root.path().join("k8s.io");
+        let socket = ConsoleSocket::new(&state_root).unwrap();
+        assert!(socket.path.starts_with(&state_root));
+        assert!(socket.path.exists());
+        drop(socket);
+        let left: Vec<_> = std::fs::read_dir(&state_root).unwrap().collect();
+        assert!(left.is_empty(), "left in the state root: {left:?}");
     }
 }

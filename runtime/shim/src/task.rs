@@ -42,8 +42,6 @@ struct Inner {
     namespace: String,
     /// Where the containers' state directories live (husk's `--root`).
     state_root: PathBuf,
-    /// Short-lived sockets (console sockets).
-    runtime_dir: PathBuf,
     debug: bool,
     publisher: RemotePublisher,
     exit: Arc<ExitSignal>,
@@ -83,7 +81,6 @@ impl TaskService {
     ) -> Self {
         let inner = Arc::new(Inner {
             namespace: namespace.to_owned(),
-            runtime_dir: state_root.join(".shim"),
             state_root,
             debug,
             publisher,
@@ -381,7 +378,7 @@ impl TaskService {
         paths: &StdioPaths,
     ) -> anyhow::Result<(i32, ContainerDir, Globals, crate::io::ProcessStdio)> {
         let globals = self.globals_for(bundle);
-        let (mut stdio, child) = paths.open(&self.inner.runtime_dir)?;
+        let (mut stdio, child) = paths.open(&self.inner.state_root)?;
         let console = stdio.console_socket();
         let created = create(
             &globals,
@@ -481,7 +478,7 @@ impl TaskService {
                 p.paths.clone(),
             ))
         })?;
-        let (mut stdio, child) = paths.open(&self.inner.runtime_dir).map_err(to_ttrpc)?;
+        let (mut stdio, child) = paths.open(&self.inner.state_root).map_err(to_ttrpc)?;
         let plan = ExecPlan {
             console_socket: stdio.console_socket(),
             ..plan
