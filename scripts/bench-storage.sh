@@ -2,7 +2,7 @@
 # Storage benchmark: husk vs runc in the same host and run (create cost of the first and
 # second container of busybox, a ~300 MB Debian root and +1 GiB; volume sequential I/O
 # and a 20,000-file metadata job, and the same job on the root).
-#   scripts/bench-storage.sh [--rounds N]
+#   scripts/bench-storage.sh [--rounds N] [--only create|io] [--io-rounds N] [--seq-mib M] [--meta-files F]
 # The Debian root is debootstrap'ed once (from the machine's own Debian mirror) into
 # target/husk-bench/debian-rootfs.tar; without one a synthetic tree of the same size is
 # used. Runs directly where /dev/kvm boots Linux, else inside the software-emulated test

@@ -10,7 +10,7 @@ Each target runs `iperf3 -s` behind its own interface on one bridge (br-hbench,
           `virtio-net-device` (no vhost: /dev/vhost-net may not exist), booting the same
           rootfs as an ext4 disk with an init that configures eth0 and runs iperf3 -s.
 For each, rounds alternate targets: iperf3 host->container and container->host (-R) for
---seconds each, and ping round trip (20 pings). Prints medians and ratios; JSON to --out.
+--seconds each, and ping round trip (the median of 20 pings). Prints medians and ratios; JSON to --out.
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 
@@ -62,12 +62,17 @@ def iperf(ip, seconds, reverse):
 
 
 def ping_ms(ip):
+    """The median round trip of 20 pings: one slow reply (a stall of the software-emulated
+    test host) moves an average, not a median."""
     # iputils' ping where installed, else busybox's (Debian's busybox-static has it).
     ping = ["ping"] if shutil.which("ping") else ["busybox", "ping"]
-    r = sh(*ping, "-c", "20", "-i", "0.2", "-q", ip)
-    # rtt min/avg/max/mdev = a/b/c/d ms (iputils); round-trip min/avg/max = a/b/c ms (busybox)
-    line = [l for l in r.stdout.splitlines() if "min/avg" in l][0]
-    return float(line.split("=")[1].split("/")[1])
+    r = sh(*ping, "-c", "20", "-i", "0.2", ip)
+    # "64 bytes from ...: icmp_seq=1 ttl=64 time=0.421 ms" (iputils and busybox alike)
+    times = [float(l.split("time=")[1].split()[0]) for l in r.stdout.splitlines()
+             if "time=" in l]
+    if not times:
+        sys.exit(f"no ping replies from {ip}: {r.stdout}")
+    return statistics.median(times)
 
 
 def veth_netns(name, ip):

@@ -10,6 +10,8 @@
 2. Volume I/O (a host directory bind-mounted at /vol): sequential 256 MiB write (fsync)
    and read (page cache dropped first), and a metadata-heavy job (unpack 20,000 small
    files, then find + stat them all); the same metadata job on the container's root.
+   --seq-mib and --meta-files scale the jobs down where the full ones take too long (the
+   software-emulated test host).
    Each is `RUNTIME run` of tests/src/bin/husk-io-bench.rs, which times itself.
 
 Prints tables with ratios and writes JSON to --out.
@@ -157,15 +159,24 @@ def run_job(rt, root, bundle, cid, env):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def seq_job(a, where):
+    return f"seq {a.seq_mib} MiB ({where})"
+
+
+def meta_job(a, where):
+    return f"meta {a.meta_files} files ({where})"
+
+
 def volume_io(a, layers, work, rounds):
     res = {}
     env = dict(os.environ)
     env["HUSK_LAYER_CACHE"] = f"{work}/layer-cache"
     vol = f"{work}/volume"
     jobs = {
-        "seq 256 MiB (volume)": (["/husk-io-bench", "seq", "/vol", "256"], "seq"),
-        "meta 20k files (volume)": (["/husk-io-bench", "meta", "/vol", "20000"], "meta"),
-        "meta 20k files (root)": (["/husk-io-bench", "meta", "/work-on-root", "20000"], "meta"),
+        seq_job(a, "volume"): (["/husk-io-bench", "seq", "/vol", str(a.seq_mib)], "seq"),
+        meta_job(a, "volume"): (["/husk-io-bench", "meta", "/vol", str(a.meta_files)], "meta"),
+        meta_job(a, "root"): (["/husk-io-bench", "meta", "/work-on-root", str(a.meta_files)],
+                              "meta"),
     }
     for job, (args, kind) in jobs.items():
         if "root" in job:
@@ -213,6 +224,10 @@ def main():
                     help="rounds of the volume/root I/O jobs (default: --rounds); each is "
                          "minutes in the software-emulated test host")
     ap.add_argument("--only", choices=("create", "io"), help="run one half of the benchmark")
+    ap.add_argument("--seq-mib", type=int, default=256,
+                    help="size of the sequential write + read job (MiB)")
+    ap.add_argument("--meta-files", type=int, default=20000,
+                    help="files of the unpack + find/stat job")
     ap.add_argument("--out")
     ap.add_argument("--work-dir", default="/run/husk-bench-storage")
     a = ap.parse_args()
@@ -239,7 +254,7 @@ def main():
     if io:
         print()
         print(f"{'volume / root I/O (ms)':40}{'husk':>10}{'runc':>10}{'x runc':>8}")
-    for job in ("seq 256 MiB (volume)", "meta 20k files (volume)", "meta 20k files (root)"):
+    for job in (seq_job(a, "volume"), meta_job(a, "volume"), meta_job(a, "root")):
         if not io:
             break
         h, r = io[f"husk {job}"], io[f"runc {job}"]
