@@ -84,6 +84,24 @@ fn guarded_xattr(name: &[u8]) -> Option<bool> {
 const XATTR_MAX: u32 = 64 * 1024;
 /// The most a directory read returns (a FUSE request's 1 MiB buffer).
 const DIR_READ_MAX: u32 = 1 << 20;
+/// The largest host directory entry: a linux_dirent64 with a 255-byte name, 8-aligned.
+const HOST_DIRENT_MAX: u32 = 280;
+
+/// How much of a host directory to read for a reply of at most `size` bytes.
+///
+/// A host entry (linux_dirent64: 19 bytes, the name and its NUL, 8-aligned) is smaller
+/// than the FUSE entry it becomes (fuse_dirent: 24 bytes and the name, 8-aligned: up to
+/// 4/3 of it; readdirplus puts a 128-byte fuse_entry_out before each: up to 20/3). The
+/// passthrough server reads the host directory into a buffer of the size it is given and
+/// drops the entries that do not fit the reply, so the next read seeks back to the last
+/// entry sent; where directory offsets are positions (tmpfs before Linux 6.6) that seek
+/// lands past entries once some were removed, and `rm -rf` of a large directory in a
+/// volume failed with ENOTEMPTY. So no more is read than fits, and at least one entry.
+fn host_dir_read(size: u32, plus: bool) -> u32 {
+    let size = size.min(DIR_READ_MAX);
+    let fits = if plus { size / 7 } else { size / 4 * 3 };
+    fits.max(HOST_DIRENT_MAX.min(size))
+}
 
 /// Open flags a guest may ask for: access mode and file status flags.
 const OPEN_FLAGS: i32 = libc::O_ACCMODE
@@ -545,7 +563,7 @@ impl FileSystem for ShareFs {
             ctx,
             inode,
             handle,
-            size.min(DIR_READ_MAX),
+            host_dir_read(size, false),
             offset,
             add_entry,
         )
@@ -564,7 +582,7 @@ impl FileSystem for ShareFs {
             ctx,
             inode,
             handle,
-            size.min(DIR_READ_MAX),
+            host_dir_read(size, true),
             offset,
             &mut |dirent, mut entry| {
                 if is_dot(dirent.name) {

@@ -352,6 +352,99 @@ fn readdirplus_hands_out_no_inode_for_dot_dot() {
     g.0.check();
 }
 
+/// Where the open directory handle on `dir` stands (its file position, from fdinfo).
+fn dir_position(dir: &std::path::Path) -> Vec<u64> {
+    let mut at = Vec::new();
+    for fd in fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if fs::read_link(fd.path()).ok().as_deref() != Some(dir) {
+            continue;
+        }
+        let info = fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| i64::from_str_radix(f.trim(), 8).ok())
+            .unwrap_or(0);
+        if flags & libc::O_PATH as i64 != 0 {
+            continue;
+        }
+        if let Some(pos) = info.lines().find_map(|l| l.strip_prefix("pos:")) {
+            at.push(pos.trim().parse().unwrap());
+        }
+    }
+    at
+}
+
+#[test]
+fn rm_rf_of_a_large_directory_reads_no_host_entry_it_does_not_return() {
+    // `rm -rf` as the guest kernel does it: read a page of entries, unlink them, read on
+    // from the last offset. Entries read from the host but not returned would make the
+    // next read seek back, which skips entries where offsets are positions (tmpfs before
+    // Linux 6.6: the directory was left non-empty).
+    let g = Guest::new();
+    let big = g.0.path("shared/vol/big");
+    fs::create_dir(&big).unwrap();
+    for i in 0..400 {
+        fs::write(big.join(format!("f{i}")), b"").unwrap();
+    }
+    let node = g.node("vol/big");
+    let fh = g
+        .call(Opcode::Opendir, node, &[&bytes(&OpenIn::default())])
+        .obj::<OpenOut>()
+        .fh;
+    let mut offset = 0;
+    let mut removed = 0;
+    for plus in [true, false].into_iter().cycle() {
+        let args = ReadIn {
+            fh,
+            offset,
+            size: 4096,
+            ..Default::default()
+        };
+        let op = if plus {
+            Opcode::Readdirplus
+        } else {
+            Opcode::Readdir
+        };
+        let r = g.call(op, node, &[&bytes(&args)]);
+        assert_eq!(r.error, 0);
+        // struct fuse_dirent: ino, off, namelen, type, name (8-aligned); readdirplus puts
+        // a fuse_entry_out before each.
+        let skip = if plus { size_of::<EntryOut>() } else { 0 };
+        let (mut at, mut names) = (0, Vec::new());
+        while at + skip + 24 <= r.body.len() {
+            let d = at + skip;
+            offset = u64::from_le_bytes(r.body[d + 8..d + 16].try_into().unwrap());
+            let len = u32::from_le_bytes(r.body[d + 16..d + 20].try_into().unwrap()) as usize;
+            let name = String::from_utf8(r.body[d + 24..d + 24 + len].to_vec()).unwrap();
+            if name != "." && name != ".." {
+                names.push(name);
+            }
+            at = d + ((24 + len + 7) & !7);
+        }
+        if at == 0 {
+            break;
+        }
+        assert_eq!(
+            dir_position(&big),
+            vec![offset],
+            "the host directory was read past the last entry returned"
+        );
+        for name in names {
+            let r = g.call(Opcode::Unlink, node, &[&cstr(&name)]);
+            assert_eq!(r.error, 0, "unlink {name}");
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, 400);
+    assert_eq!(fs::read_dir(&big).unwrap().count(), 0);
+    g.0.check();
+}
+
 #[test]
 fn symlinks_pointing_out_are_never_followed_on_the_host() {
     let g = Guest::new();
