@@ -218,21 +218,33 @@ impl Harness {
         // What a Linux guest offers includes the writeback cache and zero-message opens;
         // the server must not take them: with either, guest writes would stay in the
         // guest's page cache and the host would not see them while the container runs.
-        let offered = FsOptions::WRITEBACK_CACHE | FsOptions::ZERO_MESSAGE_OPEN;
+        // Nor atomic O_TRUNC (open flags lose O_TRUNC here). It must take large requests.
+        let refused =
+            FsOptions::WRITEBACK_CACHE | FsOptions::ZERO_MESSAGE_OPEN | FsOptions::ATOMIC_O_TRUNC;
+        let taken = FsOptions::ASYNC_READ
+            | FsOptions::BIG_WRITES
+            | FsOptions::MAX_PAGES
+            | FsOptions::PARALLEL_DIROPS;
         let init = InitIn {
             major: 7,
             minor: 31,
             max_readahead: 0x2_0000,
-            flags: offered.bits() as u32,
+            flags: (refused | taken).bits() as u32,
         };
         let r = h.call(&message(Opcode::Init, 0, &[&bytes(&init)]), 4096);
         assert_eq!(r.error, 0, "FUSE_INIT failed");
         let out: InitOut = r.obj();
         assert_eq!(
-            u64::from(out.flags) & offered.bits(),
+            u64::from(out.flags) & refused.bits(),
             0,
-            "the server took the writeback cache or zero-message opens"
+            "the server took the writeback cache, zero-message opens or atomic O_TRUNC"
         );
+        assert_eq!(
+            u64::from(out.flags) & taken.bits(),
+            taken.bits(),
+            "the server refused large or parallel requests"
+        );
+        assert_eq!((out.max_write, out.max_pages), (1 << 20, 256));
         h
     }
 
