@@ -191,23 +191,30 @@ def main():
     targets = [Target(n) for n in ("husk", "runc", "qemu")]
     stops = []
     try:
+        def said(t):
+            # What the target said before it stopped answering.
+            for log in ("husk.err", "runc.err", "qemu.log", "qemu.log.err"):
+                path = os.path.join(work, log)
+                if log.startswith(t.name) and os.path.exists(path):
+                    print(f"--- {log}:\n" + open(path, errors="replace").read()[-3000:],
+                          file=sys.stderr)
+
         for t, start in zip(targets, (start_husk, start_runc, start_qemu)):
             stops.append(start(a, a.rootfs, work))
             try:
                 wait_port(t.ip)
             except SystemExit:
-                # What the target said before it never answered.
-                for log in ("husk.err", "runc.err", "qemu.log", "qemu.log.err"):
-                    path = os.path.join(work, log)
-                    if log.startswith(t.name) and os.path.exists(path):
-                        print(f"--- {log}:\n" + open(path, errors="replace").read()[-3000:],
-                              file=sys.stderr)
+                said(t)
                 raise
         for r in range(a.rounds):
             for t in targets:
-                t.results["to_container_mbps"].append(iperf(t.ip, a.seconds, False))
-                t.results["from_container_mbps"].append(iperf(t.ip, a.seconds, True))
-                t.results["ping_ms"].append(ping_ms(t.ip))
+                try:
+                    t.results["to_container_mbps"].append(iperf(t.ip, a.seconds, False))
+                    t.results["from_container_mbps"].append(iperf(t.ip, a.seconds, True))
+                    t.results["ping_ms"].append(ping_ms(t.ip))
+                except SystemExit:
+                    said(t)
+                    raise
                 print(f"round {r + 1} {t.name}: " + ", ".join(
                     f"{k} {v[-1]:.2f}" for k, v in t.results.items()), file=sys.stderr)
     finally:
