@@ -28,6 +28,36 @@ const FATTR_SIZE: u32 = 1 << 3;
 /// The guest's side of a session: helpers that send one request each.
 struct Guest(Harness);
 
+/// An entry of a READDIR or READDIRPLUS reply.
+struct Dirent {
+    /// READDIRPLUS's fuse_entry_out.
+    entry: Option<EntryOut>,
+    /// Where the next read goes on from.
+    off: u64,
+    name: String,
+}
+
+/// The entries of a READDIR reply body (`plus` false) or a READDIRPLUS one: each a struct
+/// fuse_dirent (ino u64, off u64, namelen u32, type u32, the name padded to 8), after a
+/// fuse_entry_out for READDIRPLUS.
+fn dirents(body: &[u8], plus: bool) -> Vec<Dirent> {
+    let skip = if plus { size_of::<EntryOut>() } else { 0 };
+    let mut at = 0;
+    let mut all = Vec::new();
+    while at + skip + 24 <= body.len() {
+        let entry = plus.then(|| *EntryOut::from_slice(&body[at..at + skip]).unwrap());
+        let d = at + skip;
+        let len = u32::from_le_bytes(body[d + 16..d + 20].try_into().unwrap()) as usize;
+        all.push(Dirent {
+            entry,
+            off: u64::from_le_bytes(body[d + 8..d + 16].try_into().unwrap()),
+            name: String::from_utf8_lossy(&body[d + 24..d + 24 + len]).into_owned(),
+        });
+        at = d + ((24 + len + 7) & !7);
+    }
+    all
+}
+
 impl Guest {
     fn new() -> Self {
         Self(Harness::new())
@@ -43,6 +73,13 @@ impl Guest {
             return Err(-r.error);
         }
         Ok(r.obj())
+    }
+
+    /// OPENDIR of `node`: its handle.
+    fn opendir(&self, node: u64) -> u64 {
+        self.call(Opcode::Opendir, node, &[&bytes(&OpenIn::default())])
+            .obj::<OpenOut>()
+            .fh
     }
 
     fn node(&self, path: &str) -> u64 {
@@ -261,8 +298,7 @@ fn a_directory_of_ten_thousand_entries_lists_completely() {
         fs::File::create(host.join(format!("f{i:05}"))).unwrap();
     }
     let dir = g.node("vol/many");
-    let r = g.call(Opcode::Opendir, dir, &[&bytes(&OpenIn::default())]);
-    let fh = r.obj::<OpenOut>().fh;
+    let fh = g.opendir(dir);
     let mut names = std::collections::HashSet::new();
     let mut offset = 0u64;
     loop {
@@ -277,14 +313,9 @@ fn a_directory_of_ten_thousand_entries_lists_completely() {
         if r.body.is_empty() {
             break;
         }
-        // struct fuse_dirent: ino u64, off u64, namelen u32, type u32, name, padded to 8.
-        let mut at = 0;
-        while at + 24 <= r.body.len() {
-            let off = u64::from_le_bytes(r.body[at + 8..at + 16].try_into().unwrap());
-            let len = u32::from_le_bytes(r.body[at + 16..at + 20].try_into().unwrap()) as usize;
-            names.insert(String::from_utf8_lossy(&r.body[at + 24..at + 24 + len]).into_owned());
-            offset = off;
-            at += (24 + len + 7) & !7;
+        for d in dirents(&r.body, false) {
+            offset = d.off;
+            names.insert(d.name);
         }
     }
     names.remove(".");
@@ -316,37 +347,22 @@ fn dot_and_dot_dot_are_refused_everywhere() {
 fn readdirplus_hands_out_no_inode_for_dot_dot() {
     let g = Guest::new();
     let vol = g.node("vol");
-    let fh = g
-        .call(Opcode::Opendir, vol, &[&bytes(&OpenIn::default())])
-        .obj::<OpenOut>()
-        .fh;
     let args = ReadIn {
-        fh,
+        fh: g.opendir(vol),
         size: 64 * 1024,
         ..Default::default()
     };
     let r = g.call(Opcode::Readdirplus, vol, &[&bytes(&args)]);
     assert_eq!(r.error, 0);
-    // struct fuse_direntplus: entry_out, then a dirent.
-    let mut at = 0;
     let mut names = 0;
-    while at + size_of::<EntryOut>() + 24 <= r.body.len() {
-        let entry = *EntryOut::from_slice(&r.body[at..at + size_of::<EntryOut>()]).unwrap();
-        let d = at + size_of::<EntryOut>();
-        let len = u32::from_le_bytes(r.body[d + 16..d + 20].try_into().unwrap()) as usize;
-        let name = &r.body[d + 24..d + 24 + len];
-        if name == b".." || name == b"." {
-            assert_eq!(
-                entry.nodeid,
-                0,
-                "{:?} got an inode",
-                String::from_utf8_lossy(name)
-            );
+    for d in dirents(&r.body, true) {
+        let nodeid = d.entry.unwrap().nodeid;
+        if d.name == ".." || d.name == "." {
+            assert_eq!(nodeid, 0, "{:?} got an inode", d.name);
         } else {
-            assert_ne!(entry.nodeid, 0);
+            assert_ne!(nodeid, 0);
             names += 1;
         }
-        at = d + ((24 + len + 7) & !7);
     }
     assert_eq!(names, 4, "file, dir and two links");
     g.0.check();
@@ -392,10 +408,7 @@ fn rm_rf_of_a_large_directory_reads_no_host_entry_it_does_not_return() {
         fs::write(big.join(format!("f{i}")), b"").unwrap();
     }
     let node = g.node("vol/big");
-    let fh = g
-        .call(Opcode::Opendir, node, &[&bytes(&OpenIn::default())])
-        .obj::<OpenOut>()
-        .fh;
+    let fh = g.opendir(node);
     let mut offset = 0;
     let mut removed = 0;
     for plus in [true, false].into_iter().cycle() {
@@ -412,31 +425,17 @@ fn rm_rf_of_a_large_directory_reads_no_host_entry_it_does_not_return() {
         };
         let r = g.call(op, node, &[&bytes(&args)]);
         assert_eq!(r.error, 0);
-        // struct fuse_dirent: ino, off, namelen, type, name (8-aligned); readdirplus puts
-        // a fuse_entry_out before each.
-        let skip = if plus { size_of::<EntryOut>() } else { 0 };
-        let (mut at, mut names) = (0, Vec::new());
-        while at + skip + 24 <= r.body.len() {
-            let d = at + skip;
-            offset = u64::from_le_bytes(r.body[d + 8..d + 16].try_into().unwrap());
-            let len = u32::from_le_bytes(r.body[d + 16..d + 20].try_into().unwrap()) as usize;
-            let name = String::from_utf8(r.body[d + 24..d + 24 + len].to_vec()).unwrap();
-            if name != "." && name != ".." {
-                names.push(name);
-            }
-            at = d + ((24 + len + 7) & !7);
-        }
-        if at == 0 {
-            break;
-        }
+        let entries = dirents(&r.body, plus);
+        let Some(last) = entries.last() else { break };
+        offset = last.off;
         assert_eq!(
             dir_position(&big),
             vec![offset],
             "the host directory was read past the last entry returned"
         );
-        for name in names {
-            let r = g.call(Opcode::Unlink, node, &[&cstr(&name)]);
-            assert_eq!(r.error, 0, "unlink {name}");
+        for d in entries.iter().filter(|d| d.name != "." && d.name != "..") {
+            let r = g.call(Opcode::Unlink, node, &[&cstr(&d.name)]);
+            assert_eq!(r.error, 0, "unlink {}", d.name);
             removed += 1;
         }
     }
@@ -824,10 +823,7 @@ fn sizes_the_server_would_allocate_by_are_bounded() {
         fs::File::create(host.join(format!("{i:05}-{}", "n".repeat(200)))).unwrap();
     }
     let dir = g.node("vol/long-names");
-    let fh = g
-        .call(Opcode::Opendir, dir, &[&bytes(&OpenIn::default())])
-        .obj::<OpenOut>()
-        .fh;
+    let fh = g.opendir(dir);
     let req = message(
         Opcode::Readdir,
         dir,
