@@ -193,8 +193,13 @@ fn semantics(dir: &Path, host_region: u64) {
     println!("host_many={}", listed.len());
     println!("host_many_stat={stated}");
     lap("host_many");
-    // `rm -rf` of the 1,000 made here: unlinks between directory reads.
-    println!("many_rm={}", errno_of(fs::remove_dir_all(p("many"))));
+    // `rm -rf` of 300 files made here: unlinks between directory reads (more entries than
+    // one read returns).
+    fs::create_dir(p("doomed")).unwrap();
+    for i in 0..300 {
+        File::create(p("doomed").join(format!("f{i:03}"))).unwrap();
+    }
+    println!("doomed_rm={}", errno_of(fs::remove_dir_all(p("doomed"))));
     // Past 1 GiB: a region written here, and the host's region read back.
     let region = pattern(4 << 20, 11);
     let at = (1u64 << 30) + 3 * 4096;
