@@ -395,8 +395,19 @@ fn a_hostile_guest_cannot_exhaust_the_host() {
          threads {} (bound {MAX_THREADS}), log {} bytes (bound {MAX_LOG_BYTES}), slowest state {:?}",
         peak.rss_kib, peak.fds, peak.threads, peak.log_bytes, slowest_state
     );
-    // SIGTERM is ignored by the guest: the container keeps running.
-    ok(t.husk_oci(&root).args(["kill", "hostile", "TERM"]));
+    // SIGTERM is ignored by the guest: the container keeps running. Its agent may still be
+    // busy with what the attacks left behind (thousands of vsock sockets closing at once):
+    // under the test host's emulation that once took it past the 10 s a request waits, so
+    // a request it did not answer in time is sent again, twice at most.
+    for attempt in 1.. {
+        let o = output(t.husk_oci(&root).args(["kill", "hostile", "TERM"]));
+        let busy = String::from_utf8_lossy(&o.stderr).contains("did not answer");
+        if o.status.success() || !busy || attempt == 3 {
+            assert_eq!(o.status.code(), Some(0), "kill TERM: {}", show(&o));
+            break;
+        }
+        eprintln!("kill TERM: the guest agent did not answer in time (attempt {attempt}); again");
+    }
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(state(&t, &root, "hostile")["status"], "running");
     // SIGKILL ends it whatever the guest does.

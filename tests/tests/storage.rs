@@ -221,6 +221,10 @@ fn file_semantics_in_a_volume_match_on_both_sides() {
     assert_eq!(code, 0, "{out}\n{err}");
     let g = kv(&out);
     let meta = |n: &str| std::fs::symlink_metadata(vol.join(n)).unwrap();
+    assert_eq!(
+        g["read_ahead_kb"], "1024",
+        "the agent widens the mount's read-ahead to one 1 MiB request"
+    );
     assert_eq!(g["read_back"], "abc");
     assert_eq!(std::fs::read(vol.join("plain")).unwrap(), b"abc");
     assert_eq!(

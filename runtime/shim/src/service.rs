@@ -63,9 +63,11 @@ impl containerd_shim::Shim for HuskShim {
             if dir.path().exists() {
                 if let Ok(rec) = dir.load() {
                     pid = rec.sandbox_pid().unwrap_or(0);
+                    // containerd kills this command after 5 s: no questions to the
+                    // sandbox, no grace.
                     if let Err(e) = dir
                         .lock()
-                        .and_then(|_l| husk_runtime::container::delete::delete(&dir, &rec, true))
+                        .and_then(|_l| husk_runtime::container::delete::delete_at_once(&dir, &rec))
                     {
                         log::warn!("deleting {}: {e:#}", self.id);
                     }

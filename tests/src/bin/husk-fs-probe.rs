@@ -93,6 +93,20 @@ fn semantics(dir: &Path, host_region: u64) {
     let p = |n: &str| dir.join(n);
     let started = std::time::Instant::now();
     let lap = |what: &str| println!("t_{what}_ms={}", started.elapsed().as_millis());
+    // The read-ahead the agent gives the virtio-fs mount (its backing device info is
+    // named after the device number of every file in it).
+    let dev = fs::metadata(dir).unwrap().dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    println!(
+        "read_ahead_kb={}",
+        fs::read_to_string(&knob)
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|e| format!("{knob}: {e}"))
+    );
     fs::write(p("plain"), b"abc").unwrap();
     println!("read_back={}", fs::read_to_string(p("plain")).unwrap());
     fs::set_permissions(p("plain"), fs::Permissions::from_mode(0o640)).unwrap();

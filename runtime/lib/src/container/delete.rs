@@ -30,26 +30,51 @@ pub fn delete(dir: &ContainerDir, rec: &ContainerRecord, force: bool) -> Result<
         }
         _ => {}
     }
-    if let Some(pid) = rec.sandbox_pid() {
-        let start = rec.husk.sandbox_start_time;
-        // A stopped container's sandbox may still be flushing output and powering off:
-        // give it a moment before cutting it short.
-        let grace = if status == Status::Stopped {
-            Duration::from_secs(10)
-        } else {
-            Duration::ZERO
-        };
-        if !procfs::wait_gone(pid, start, grace) {
-            procfs::signal_if_same(pid, start, Signal::SIGKILL);
-            if !procfs::wait_gone(pid, start, Duration::from_secs(10)) {
-                bail!("the sandbox process {pid} of container {id:?} did not exit after SIGKILL");
-            }
+    // A stopped container's sandbox may still be flushing output and powering off: give
+    // it a moment before cutting it short.
+    let grace = if status == Status::Stopped {
+        Duration::from_secs(10)
+    } else {
+        Duration::ZERO
+    };
+    end_sandbox(dir, rec, grace)?;
+    remove_all(dir, rec)
+}
+
+/// Deletes a container whose lock the caller holds at once, whatever its state: no
+/// question to its sandbox (which may be too busy or too far gone to answer: `status`
+/// can wait 15 s for that) and no grace before SIGKILL. For containerd's clean-up after a
+/// dead shim, which gives the shim's `delete` 5 s before killing it.
+pub fn delete_at_once(dir: &ContainerDir, rec: &ContainerRecord) -> Result<()> {
+    end_sandbox(dir, rec, Duration::ZERO)?;
+    remove_all(dir, rec)
+}
+
+/// Waits up to `grace` for the sandbox process to end, then kills it.
+fn end_sandbox(dir: &ContainerDir, rec: &ContainerRecord, grace: Duration) -> Result<()> {
+    let Some(pid) = rec.sandbox_pid() else {
+        return Ok(());
+    };
+    let start = rec.husk.sandbox_start_time;
+    if !procfs::wait_gone(pid, start, grace) {
+        procfs::signal_if_same(pid, start, Signal::SIGKILL);
+        if !procfs::wait_gone(pid, start, Duration::from_secs(10)) {
+            bail!(
+                "the sandbox process {pid} of container {:?} did not exit after SIGKILL",
+                dir.id()
+            );
         }
     }
+    Ok(())
+}
+
+/// What is left once the sandbox is gone: its cgroup, what the container holds outside
+/// the state directory, and the directory.
+fn remove_all(dir: &ContainerDir, rec: &ContainerRecord) -> Result<()> {
     remove_cgroup(dir, rec)?;
     release(dir, rec, None);
     dir.remove()?;
-    tracing::info!(id, "deleted");
+    tracing::info!(id = dir.id(), "deleted");
     Ok(())
 }
 

@@ -469,14 +469,22 @@ impl FileSystem for ShareFs {
         )
     }
 
+    /// FLUSH is refused as not implemented, which the guest's kernel takes as success and
+    /// as word never to send another (FUSE's `no_flush`): the guest's every `close` was a
+    /// round trip that waited for the server to `close(dup(fd))`. That close releases the
+    /// POSIX locks the server's descriptor holds (none: locks are the guest kernel's, FUSE
+    /// POSIX_LOCKS is not asked for) and reports a close error of a host file system that
+    /// defers errors to close (writes here go through to the host at once, and their
+    /// errors, as fsync's, reach the guest's write and fsync). RELEASE closes the
+    /// descriptor.
     fn flush(
         &self,
-        ctx: &Context,
-        inode: Inode,
-        handle: Handle,
-        lock_owner: u64,
+        _ctx: &Context,
+        _inode: Inode,
+        _handle: Handle,
+        _lock_owner: u64,
     ) -> io::Result<()> {
-        self.inner.flush(ctx, inode, handle, lock_owner)
+        Err(err(libc::ENOSYS))
     }
 
     fn fsync(&self, ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()> {

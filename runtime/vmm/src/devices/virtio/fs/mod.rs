@@ -25,6 +25,11 @@
 //! would make every read a round trip and forbid shared writable mmap; `always` would let
 //! the guest keep stale data. `O_DIRECT` bypasses the guest's page cache and is served
 //! from the host's.
+//!
+//! Every request is a round trip, so the guest is asked for as few as the semantics
+//! allow: requests of up to 1 MiB (FUSE_INIT, in [`ShareFs`]), no FLUSH at each close
+//! (refused once as not implemented, see [`ShareFs`]), and a read-ahead of 1 MiB, which
+//! the guest agent sets on the mount.
 
 mod confined;
 #[cfg(any(test, feature = "fuzzing"))]

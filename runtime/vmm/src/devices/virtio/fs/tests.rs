@@ -219,6 +219,36 @@ fn guest_writes_reach_the_host_file_at_once_and_host_writes_the_guest() {
 }
 
 #[test]
+fn flush_is_not_implemented_so_a_close_costs_no_round_trip() {
+    let g = Guest::new();
+    let vol = g.node("vol");
+    let (node, fh) = g.create(vol, "closed", 0o644).unwrap();
+    assert_eq!(g.write(node, fh, 0, b"kept").unwrap(), 4);
+    let flush = fuse_backend_rs::abi::fuse_abi::FlushIn {
+        fh,
+        ..Default::default()
+    };
+    assert_eq!(
+        -g.call(Opcode::Flush, node, &[&bytes(&flush)]).error,
+        libc::ENOSYS,
+        "ENOSYS tells the guest's kernel never to send FLUSH again"
+    );
+    // The handle is untouched: it still reads and writes until RELEASE.
+    assert_eq!(g.write(node, fh, 4, b" open").unwrap(), 5);
+    assert_eq!(g.read(node, fh, 0, 64).unwrap(), b"kept open");
+    let release = fuse_backend_rs::abi::fuse_abi::ReleaseIn {
+        fh,
+        ..Default::default()
+    };
+    assert_eq!(g.call(Opcode::Release, node, &[&bytes(&release)]).error, 0);
+    assert_eq!(
+        fs::read(g.0.path("shared/vol/closed")).unwrap(),
+        b"kept open"
+    );
+    g.0.check();
+}
+
+#[test]
 fn offsets_past_4_gib_and_large_writes_work() {
     let g = Guest::new();
     let vol = g.node("vol");
