@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -150,26 +150,55 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
 /// each of the process's threads was doing (name, state, kernel wait channel, system
 /// call, kernel stack), read just before the kill: a hang must say where it hung.
 pub fn output_within_or_dump(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
-    let mut child = cmd
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("running husk");
+    wait_within_or_dump(child, limit)
+}
+
+/// Waits at most `limit` for `child` (stdout and stderr piped), reading both pipes
+/// meanwhile so that a child writing more than a pipe holds is never blocked by the wait;
+/// a child that had to be killed comes back as an error with its threads' dump (see
+/// [`output_within_or_dump`]).
+pub fn wait_within_or_dump(mut child: Child, limit: Duration) -> Result<Output, String> {
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if child.try_wait().expect("waiting for husk").is_some() {
-            return Ok(child.wait_with_output().expect("collecting husk's output"));
+    let mut dump = None;
+    while child.try_wait().expect("waiting for husk").is_none() {
+        if Instant::now() >= deadline {
+            dump = Some(format!(
+                "pid {} did not finish within {limit:?}; {}",
+                child.id(),
+                dump_threads(child.id())
+            ));
+            let _ = child.kill();
+            break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let dump = format!(
-        "pid {} did not finish within {limit:?}; {}",
-        child.id(),
-        dump_threads(child.id())
-    );
-    let _ = child.kill();
-    let o = child.wait_with_output().expect("collecting husk's output");
-    Err(format!("{dump}{}", show(&o)))
+    let o = Output {
+        status: child.wait().expect("waiting for husk"),
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    };
+    match dump {
+        None => Ok(o),
+        Some(dump) => Err(format!("{dump}{}", show(&o))),
+    }
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut all);
+        }
+        all
+    })
 }
 
 /// What each thread of process `pid` is doing: name, state, kernel wait channel, system
@@ -303,7 +332,31 @@ fn contains_word(hay: &str, needle: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::contains_word;
+    use super::{contains_word, output_within_or_dump};
+    use std::process::Command;
+    use std::time::Duration;
+
+    #[test]
+    fn a_bounded_wait_reads_more_than_a_pipe_holds_and_kills_a_hang() {
+        // 4 MiB on each stream: a wait that did not read the pipes would be killed.
+        let o = output_within_or_dump(
+            Command::new("sh").args([
+                "-c",
+                "head -c 4194304 /dev/zero; head -c 4194304 /dev/zero >&2",
+            ]),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(o.status.success());
+        assert_eq!((o.stdout.len(), o.stderr.len()), (4 << 20, 4 << 20));
+        let hung = output_within_or_dump(
+            Command::new("sh").args(["-c", "echo started; exec sleep 60"]),
+            Duration::from_millis(500),
+        )
+        .unwrap_err();
+        assert!(hung.contains("did not finish within"), "{hung}");
+        assert!(hung.contains("started"), "its output is kept: {hung}");
+    }
 
     #[test]
     fn a_word_inside_a_longer_name_is_not_a_match() {

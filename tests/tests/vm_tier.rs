@@ -215,22 +215,34 @@ fn guest_initiated_stdio_streams_carry_64_mib_both_ways() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let sent = data.clone();
-    let w = std::thread::spawn(move || stdin.write_all(&sent).unwrap());
-    let o = child.wait_with_output().unwrap();
-    w.join().unwrap();
+    let w = std::thread::spawn(move || stdin.write_all(&sent));
+    // A stall fails the test with what husk's threads were doing, instead of hanging it.
+    let stall = Duration::from_secs(300);
+    let o = husk_tests::wait_within_or_dump(child, stall)
+        .unwrap_or_else(|dump| panic!("host -> guest stalled: {dump}"));
+    let written = w.join().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(written.is_ok(), "stdin: {written:?}");
     assert_eq!(
         stdout_of(&o).split_whitespace().next(),
         Some(sha256_hex(&data).as_str())
     );
 
     // Guest -> host: 64 MiB on stdout, its digest on stderr.
-    let o = sh(
-        &t,
-        tmp.path(),
-        &["--memory", "256", "--disk", img.to_str().unwrap()],
-        "head -c 67108864 /dev/urandom > /tmp/blob && sha256sum /tmp/blob >&2 && cat /tmp/blob",
-    );
+    let o = husk_tests::output_within_or_dump(
+        t.vm_run(tmp.path()).args([
+            "--memory",
+            "256",
+            "--disk",
+            img.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "head -c 67108864 /dev/urandom > /tmp/blob && sha256sum /tmp/blob >&2 && cat /tmp/blob",
+        ]),
+        stall,
+    )
+    .unwrap_or_else(|dump| panic!("guest -> host stalled: {dump}"));
     assert_eq!(
         o.status.code(),
         Some(0),
