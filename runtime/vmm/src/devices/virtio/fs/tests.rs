@@ -82,6 +82,15 @@ impl Guest {
             .fh
     }
 
+    /// RELEASE of handle `fh` of `node`: the reply's error (0 or a negative errno).
+    fn release(&self, node: u64, fh: u64) -> i32 {
+        let args = fuse_backend_rs::abi::fuse_abi::ReleaseIn {
+            fh,
+            ..Default::default()
+        };
+        self.call(Opcode::Release, node, &[&bytes(&args)]).error
+    }
+
     fn node(&self, path: &str) -> u64 {
         path.split('/').fold(1, |parent, name| {
             self.lookup(parent, name)
@@ -236,11 +245,7 @@ fn flush_is_not_implemented_so_a_close_costs_no_round_trip() {
     // The handle is untouched: it still reads and writes until RELEASE.
     assert_eq!(g.write(node, fh, 4, b" open").unwrap(), 5);
     assert_eq!(g.read(node, fh, 0, 64).unwrap(), b"kept open");
-    let release = fuse_backend_rs::abi::fuse_abi::ReleaseIn {
-        fh,
-        ..Default::default()
-    };
-    assert_eq!(g.call(Opcode::Release, node, &[&bytes(&release)]).error, 0);
+    assert_eq!(g.release(node, fh), 0);
     assert_eq!(
         fs::read(g.0.path("shared/vol/closed")).unwrap(),
         b"kept open"
@@ -667,11 +672,7 @@ fn read_and_write_flags_that_differ_from_the_open_change_nothing() {
     assert_eq!(&g.read(file, fh2, 0, 4).unwrap(), b"read");
     let other = g.node("vol/dir");
     for h in [fh, fh2] {
-        let release = fuse_backend_rs::abi::fuse_abi::ReleaseIn {
-            fh: h,
-            ..Default::default()
-        };
-        assert_eq!(g.call(Opcode::Release, file, &[&bytes(&release)]).error, 0);
+        assert_eq!(g.release(file, h), 0);
     }
     assert_ne!(
         g.lookup(other, "up").unwrap().nodeid,
