@@ -130,6 +130,7 @@ fn pss_kib(pids: &[i32]) -> u64 {
 
 fn one_pod(cri: &mut Cri, handler: &str, name: &str, logs: &Path, idle: u64) -> Result<Sample> {
     let config = kubelet::pod_config(name, "bench", logs);
+    kubelet::make_pod_cgroup(&config)?;
     let started = Instant::now();
     let pod = cri
         .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -178,6 +179,7 @@ fn one_pod(cri: &mut Cri, handler: &str, name: &str, logs: &Path, idle: u64) -> 
         });
     let sample = result.with_context(|| format!("pod {name} ({handler})"))?;
     stopped.with_context(|| format!("removing pod {name} ({handler})"))?;
+    kubelet::remove_pod_cgroups().with_context(|| format!("after pod {name} ({handler})"))?;
     Ok(sample)
 }
 
