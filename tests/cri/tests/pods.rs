@@ -179,6 +179,17 @@ fn container_state(cri: &mut Cri, id: &str) -> (i32, i32) {
     (s.state, s.exit_code)
 }
 
+/// The working set (bytes) and cpu time (ns) of CRI stats, 0 where missing.
+fn memory_and_cpu(memory: Option<&cri::MemoryUsage>, cpu: Option<&cri::CpuUsage>) -> (u64, u64) {
+    (
+        memory
+            .and_then(|m| m.working_set_bytes.as_ref())
+            .map_or(0, |v| v.value),
+        cpu.and_then(|c| c.usage_core_nano_seconds.as_ref())
+            .map_or(0, |v| v.value),
+    )
+}
+
 fn stop_and_remove_pod(cri: &mut Cri, pod: &Pod) {
     cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
         pod_sandbox_id: pod.id.clone(),
@@ -414,14 +425,7 @@ fn a_pod_is_one_vm_whose_containers_share_localhost_a_volume_and_restart_inside_
         .unwrap_or_else(|e| panic!("ContainerStats: {e:#}"))
         .stats
         .expect("no stats");
-    let memory = stats
-        .memory
-        .and_then(|m| m.working_set_bytes)
-        .map_or(0, |v| v.value);
-    let cpu = stats
-        .cpu
-        .and_then(|c| c.usage_core_nano_seconds)
-        .map_or(0, |v| v.value);
+    let (memory, cpu) = memory_and_cpu(stats.memory.as_ref(), stats.cpu.as_ref());
     assert!(memory > 0 && cpu > 0, "stats: memory {memory}, cpu {cpu}");
 
     // Stats of the whole pod (kubelet's summary API, `kubectl top pod`): containerd reads
@@ -436,16 +440,7 @@ fn a_pod_is_one_vm_whose_containers_share_localhost_a_volume_and_restart_inside_
         .stats
         .and_then(|s| s.linux)
         .expect("PodSandboxStats without Linux stats");
-    let pod_memory = pod_stats
-        .memory
-        .as_ref()
-        .and_then(|m| m.working_set_bytes.as_ref())
-        .map_or(0, |v| v.value);
-    let pod_cpu = pod_stats
-        .cpu
-        .as_ref()
-        .and_then(|c| c.usage_core_nano_seconds.as_ref())
-        .map_or(0, |v| v.value);
+    let (pod_memory, pod_cpu) = memory_and_cpu(pod_stats.memory.as_ref(), pod_stats.cpu.as_ref());
     eprintln!(
         "pod stats: memory {pod_memory} bytes, cpu {pod_cpu} ns; its server container's: \
          memory {memory}, cpu {cpu}"
