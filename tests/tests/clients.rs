@@ -380,6 +380,14 @@ impl Podman {
             .args(["--runtime", "husk"]);
         c
     }
+
+    /// What podman says of container `name`.
+    fn state(&self, name: &str) -> String {
+        let o = run(self
+            .podman()
+            .args(["inspect", "--format", "{{json .State}}", name]));
+        format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr))
+    }
 }
 
 #[test]
@@ -464,7 +472,7 @@ fn podman_exec_and_stop() {
 // ---------------------------------------------------------------- docker
 
 struct Docker {
-    _daemon: Daemon,
+    daemon: Daemon,
     host: String,
     dir: PathBuf,
 }
@@ -495,7 +503,7 @@ impl Docker {
             &socket,
         );
         let d = Self {
-            _daemon: daemon,
+            daemon,
             host: format!("unix://{}", socket.display()),
             dir,
         };
@@ -515,6 +523,22 @@ impl Docker {
         let mut c = Command::new("/usr/bin/docker");
         c.arg("-H").arg(&self.host);
         c
+    }
+
+    /// What dockerd says of container `name`, and the end of its log (where a runtime
+    /// error it was told of lands).
+    fn state(&self, name: &str) -> String {
+        let o = run(self
+            .docker()
+            .args(["inspect", "-f", "{{json .State}}", name]));
+        let log = self.daemon.log("dockerd");
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        format!(
+            "{}{}\n--- dockerd's log, last lines ---\n{}",
+            stdout(&o),
+            String::from_utf8_lossy(&o.stderr),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
     }
 }
 
@@ -1084,8 +1108,10 @@ fn assert_both_ways(printed: &str, down_sha: &str, up: &[u8]) {
     );
 }
 
-/// Runs `cmd` until its stdout contains `needle` (the container got that far).
-fn wait_output(cmd: &mut Command, needle: &str) -> String {
+/// Runs `cmd` until its stdout contains `needle` (the container got that far); on giving
+/// up, the failure says what `state` says of the container (its engine's view: running,
+/// or exited with which status, and why).
+fn wait_output(cmd: &mut Command, needle: &str, state: impl Fn() -> String) -> String {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let o = run(cmd);
@@ -1093,7 +1119,12 @@ fn wait_output(cmd: &mut Command, needle: &str) -> String {
         if text.contains(needle) {
             return text;
         }
-        assert!(Instant::now() < deadline, "never saw {needle:?}: {text}");
+        if Instant::now() >= deadline {
+            panic!(
+                "never saw {needle:?}: {text}\n--- the container ---\n{}",
+                state()
+            );
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -1125,7 +1156,9 @@ fn docker_default_bridge_reaches_the_host_and_publishes_a_port() {
         ])
         .arg(&script));
     let up = fetch("http://127.0.0.1:18082/up", Duration::from_secs(300));
-    let printed = wait_output(d.docker().args(["logs", "web"]), "/www/up");
+    let printed = wait_output(d.docker().args(["logs", "web"]), "/www/up", || {
+        d.state("web")
+    });
     assert_both_ways(&printed, &down_sha, &up);
     ok(d.docker().args(["rm", "-f", "web"]));
     assert_no_leftovers(&[&d.netns_dir()]);
@@ -1157,7 +1190,9 @@ fn docker_containers_on_one_bridge_talk_and_resolve_through_the_engines_resolver
         "srv-a",
     ])));
     assert!(a_ip.starts_with("172.17."), "{a_ip}");
-    let a_sha = wait_output(d.docker().args(["logs", "srv-a"]), "/www/x");
+    let a_sha = wait_output(d.docker().args(["logs", "srv-a"]), "/www/x", || {
+        d.state("srv-a")
+    });
     let o = ok(d
         .docker()
         .args([
@@ -1221,7 +1256,9 @@ fn podman_default_network_reaches_the_host_and_publishes_a_port() {
         ])
         .arg(&script));
     let up = fetch("http://127.0.0.1:18092/up", Duration::from_secs(300));
-    let printed = wait_output(p.podman().args(["logs", "web"]), "/www/up");
+    let printed = wait_output(p.podman().args(["logs", "web"]), "/www/up", || {
+        p.state("web")
+    });
     assert_both_ways(&printed, &down_sha, &up);
     ok(p.podman().args(["rm", "-f", "web"]));
     assert_no_leftovers(&[]);
