@@ -19,5 +19,9 @@ mod stats;
 mod task;
 
 fn main() {
+    // The detached clean-up `delete` starts (containerd's clean-up after a dead shim).
+    if let Some(status) = service::finish_delete() {
+        std::process::exit(status);
+    }
     containerd_shim::run::<service::HuskShim>("io.containerd.husk.v2", None);
 }
