@@ -109,12 +109,12 @@ if [[ " ${suites[*]} " == *" pods "* ]] && [ -z "${HUSK_PARALLEL_PODS:-}" ]; the
 fi
 # Guests of the test host sometimes fail under its emulation of nested SVM, one test in a
 # run or two: a guest triple-faults at boot or later, stalls before its agent answers, or
-# goes quiet (the last sessions' client runs; the emulation, as far as can be told). Where
-# /dev/kvm boots Linux nothing is retried. So in the test host the failed tests of a suite (by exact name, at
-# most three: more is not the emulation) are rerun once in a fresh test host, loudly; they
-# must pass there. The first run's log is kept (SUITE.first.log) and the end of the run
-# names every test that passed only on its rerun. A husk bug that fails a test every time
-# fails it in the rerun too.
+# goes quiet (the last sessions' client runs; the emulation, as far as can be told). So in
+# the test host the failed tests of a suite (by exact name, at most three: more is not the
+# emulation) are rerun once in a fresh test host, loudly; they must pass there. The first
+# run's log is kept (SUITE.first.log) and the end of the run names every test that passed
+# only on its rerun. A husk bug that fails a test every time fails it in the rerun too.
+# Where /dev/kvm boots Linux nothing is retried.
 failed_tests() {
     python3 - "$1" <<'PY'
 import re, sys

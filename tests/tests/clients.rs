@@ -111,13 +111,14 @@ impl Daemon {
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
     }
+}
 
-    /// The last 30 lines of the daemon's log.
-    fn tail(&self, name: &str) -> String {
-        let log = self.log(name);
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
+/// The last 40 lines of the file at `path`, under its name, for a failure message.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(40);
+    format!("--- {}:\n{}", path.display(), lines[from..].join("\n"))
 }
 
 impl Drop for Daemon {
@@ -137,7 +138,7 @@ fn state_dir(name: &str) -> PathBuf {
 // ---------------------------------------------------------------- containerd
 
 struct Containerd {
-    daemon: Daemon,
+    _daemon: Daemon,
     socket: PathBuf,
 }
 
@@ -183,7 +184,10 @@ impl Containerd {
                 .arg(&config),
             &socket,
         );
-        let c = Self { daemon, socket };
+        let c = Self {
+            _daemon: daemon,
+            socket,
+        };
         ok(c.ctr()
             .args(["images", "import"])
             .arg(images().join("busybox-oci.tar")));
@@ -482,7 +486,7 @@ fn podman_exec_and_stop() {
 // ---------------------------------------------------------------- docker
 
 struct Docker {
-    daemon: Daemon,
+    _daemon: Daemon,
     host: String,
     dir: PathBuf,
 }
@@ -513,7 +517,7 @@ impl Docker {
             &socket,
         );
         let d = Self {
-            daemon,
+            _daemon: daemon,
             host: format!("unix://{}", socket.display()),
             dir,
         };
@@ -542,10 +546,10 @@ impl Docker {
             .docker()
             .args(["inspect", "-f", "{{json .State}}", name]));
         format!(
-            "{}{}\n--- dockerd's log, last lines ---\n{}",
+            "{}{}\n{}",
             stdout(&o),
             String::from_utf8_lossy(&o.stderr),
-            self.daemon.tail("dockerd")
+            tail(&self.dir.join("dockerd.log"))
         )
     }
 }
@@ -648,16 +652,10 @@ impl Containerd {
     /// failure message.
     fn diagnostics(&self, id: &str) -> String {
         let dir = self.socket.parent().unwrap();
-        let tail = |p: PathBuf| {
-            let text = std::fs::read_to_string(&p).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let from = lines.len().saturating_sub(40);
-            format!("--- {}:\n{}", p.display(), lines[from..].join("\n"))
-        };
         format!(
             "{}\n{}",
-            tail(dir.join("containerd.log")),
-            tail(dir.join(format!(
+            tail(&dir.join("containerd.log")),
+            tail(&dir.join(format!(
                 "state/io.containerd.runtime.v2.task/default/{id}/log.json"
             )))
         )
@@ -857,9 +855,9 @@ fn shim_v2_killed_shim_is_cleaned_up_by_containerd() {
     );
     assert!(
         !state.exists(),
-        "{} was left behind; containerd's log:\n{}",
+        "{} was left behind\n{}",
         state.display(),
-        c.daemon.tail("containerd")
+        c.diagnostics("shim-k9")
     );
 }
 
